@@ -1,0 +1,1 @@
+"""Sub-commands of the ``hf-calibprune`` command line, one module each (see :mod:`hf_calibprune.cli`)."""

@@ -1,0 +1,115 @@
+"""``hf-calibprune prune``: load a model, prune it, print the report and save the checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run", "config_from_args"]
+
+logger = logging.getLogger(__name__)
+
+# Flags that map one-to-one onto PruningConfig fields (flag dest → field name).
+_CONFIG_FLAGS = {
+    "method": "method",
+    "sparsity": "sparsity",
+    "pattern": "pattern",
+    "num_samples": "num_samples",
+    "seq_len": "seq_len",
+    "seed": "seed",
+    "batch_size": "batch_size",
+    "allocation": "allocation",
+    "owl_lambda": "owl_lambda",
+    "schedule": "schedule",
+    "activation_device": "activation_device",
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "prune",
+        help="Prune a model with calibration data and save the sparse checkpoint.",
+        description="Prune a causal LM layer by layer. Flags override values from --config.",
+    )
+    parser.add_argument("--model", required=True, help="Hub id or local directory of the model.")
+    parser.add_argument("--gguf-file", help="GGUF file name inside --model (loaded dequantized).")
+    parser.add_argument("--dtype", default="auto", help="torch dtype to load the model in (auto, float32, bfloat16, float16).")
+    parser.add_argument("--config", help="A PruningConfig as .json or .yaml (see configs/).")
+    parser.add_argument("--method", help="magnitude, wanda, sparsegpt, ...")
+    parser.add_argument("--sparsity", type=float, help="Fraction of weights to prune, in [0, 1).")
+    parser.add_argument("--pattern", help="unstructured or N:M such as 2:4.")
+    parser.add_argument(
+        "--calibration",
+        action="append",
+        help="Calibration source name (c4, gsm8k:icl, self), or a .jsonl/.txt file; repeat to mix sources.",
+    )
+    parser.add_argument("--num-samples", type=int)
+    parser.add_argument("--seq-len", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--allocation", choices=["uniform", "owl"])
+    parser.add_argument("--owl-lambda", type=float)
+    parser.add_argument("--schedule", choices=["sequential", "one-pass"])
+    parser.add_argument("--activation-device", help="Keep calibration activations on this device (e.g. cpu).")
+    parser.add_argument(
+        "--method-option", action="append", default=[], metavar="KEY=VALUE", help="A method option, JSON-parsed."
+    )
+    parser.add_argument("--ignore", action="append", help="Leave Linears whose name contains this dense.")
+    parser.add_argument("--output", help="Directory to save the pruned checkpoint to.")
+    parser.add_argument("--format", default="dense", choices=["dense", "compact"], help="Checkpoint format.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    from ..errors import ConfigError
+
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise ConfigError(f"--method-option '{text}' must look like KEY=VALUE, e.g. block_size=64.")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def config_from_args(args: argparse.Namespace):
+    """Build the PruningConfig: --config file first, then every flag given on the command line."""
+    from ..config import PruningConfig
+
+    data: dict[str, Any] = PruningConfig.from_pretrained(args.config).to_dict() if args.config else {}
+    data.pop("hf_calibprune_version", None)
+    for flag, field_name in _CONFIG_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            data[field_name] = value
+    if args.calibration:
+        data["calibration"] = args.calibration[0] if len(args.calibration) == 1 else list(args.calibration)
+    if args.method_option:
+        data["method_options"] = {**data.get("method_options", {}), **dict(map(_parse_option, args.method_option))}
+    if args.ignore:
+        data["ignore"] = list(args.ignore)
+    return PruningConfig.from_dict(data)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..hub import save_sparse
+    from ..hub.atomic import check_target
+    from ..models.loading import load_model_and_tokenizer
+    from ..pruner import CalibratedPruner
+
+    config = config_from_args(args)
+    if args.output:
+        check_target(args.output, overwrite=args.overwrite)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, gguf_file=args.gguf_file)
+    CalibratedPruner(config, tokenizer=tokenizer, progress=not args.no_progress).prune(model)
+    print(model.pruning_report.summary_table())
+    if args.output:
+        path = save_sparse(model, args.output, format=args.format, tokenizer=tokenizer, overwrite=args.overwrite)
+        print(f"Saved {args.format} checkpoint to {Path(path)}")
+    return 0

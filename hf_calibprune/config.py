@@ -1,0 +1,261 @@
+"""``PruningConfig``: what to prune, how, and with which calibration data; validated at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._io import read_json, write_json_atomic
+from .errors import ConfigError
+from .methods import METHODS, build_method
+from .registry import suggest
+from .sparsity import parse_pattern
+from .version import __version__
+
+__all__ = ["PruningConfig", "CONFIG_NAME"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "pruning_config.json"
+_VERSION_KEY = "hf_calibprune_version"
+_ALLOCATIONS = ("uniform", "owl")
+_SCHEDULES = ("sequential", "one-pass")
+
+
+@dataclass
+class PruningConfig:
+    """How to prune a model.
+
+    Args:
+        method (`str`, *optional*, defaults to `"wanda"`): a registered method: ``"magnitude"``, ``"wanda"``,
+            ``"sparsegpt"`` (see ``hf_calibprune.methods.METHODS``).
+        sparsity (`float`, *optional*): fraction of each pruned Linear's weights set to zero, in [0, 1).
+            Defaults to what an N:M ``pattern`` implies, else 0.5.
+        pattern (`str`, *optional*, defaults to `"unstructured"`): ``"unstructured"`` or ``"N:M"`` (N weights kept
+            in every M consecutive inputs, e.g. ``"2:4"``).
+        calibration (`str | list[str] | CalibrationConfig | datasets.Dataset`, *optional*, defaults to `"self"`):
+            a catalogue source name (``"c4"``, ``"gsm8k:icl"``, ``"self"``), a local ``.jsonl``/``.json``/``.txt``
+            file, a list of texts, a ``datasets.Dataset`` with a ``text`` column, or a ``CalibrationConfig``.
+        num_samples (`int`, *optional*, defaults to 128): calibration sequences.
+        seq_len (`int`, *optional*, defaults to 2048): tokens per calibration sequence.
+        seed (`int`, *optional*, defaults to 0): seed for sampling calibration windows.
+        batch_size (`int`, *optional*, defaults to 8): calibration sequences per block call.
+        allocation (`str`, *optional*, defaults to `"uniform"`): per-block sparsity: ``"uniform"`` or ``"owl"``
+            (outlier-weighted layerwise sparsity; unstructured patterns only).
+        owl_lambda (`float`, *optional*, defaults to 0.08): OWL's maximum deviation from ``sparsity``.
+        owl_threshold (`float`, *optional*, defaults to 5.0): OWL's outlier threshold M (score > M × mean).
+        schedule (`str`, *optional*, defaults to `"sequential"`): ``"sequential"`` (reference: each block runs
+            twice) or ``"one-pass"`` (each block runs once over all samples as one batch).
+        method_options (`dict`, *optional*): options of the method, e.g. ``{"block_size": 128}`` for SparseGPT.
+        ignore (`list[str]`, *optional*): Linears whose name contains any entry stay dense (``["mlp.down_proj"]``).
+        measure_error (`bool`, *optional*, defaults to `True`): record each Linear's reconstruction error.
+        activation_device (`str`, *optional*): keep calibration activations on this device between blocks.
+    """
+
+    method: str = "wanda"
+    sparsity: float | None = None
+    pattern: str = "unstructured"
+    calibration: Any = "self"
+    num_samples: int = 128
+    seq_len: int = 2048
+    seed: int = 0
+    batch_size: int = 8
+    allocation: str = "uniform"
+    owl_lambda: float = 0.08
+    owl_threshold: float = 5.0
+    schedule: str = "sequential"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    ignore: list[str] = field(default_factory=list)
+    measure_error: bool = True
+    activation_device: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, str):
+            raise ConfigError(f"`method={self.method!r}` must be a string such as 'wanda'.")
+        METHODS.check(self.method)
+        pattern = parse_pattern(self.pattern)
+        self.pattern = str(pattern)
+        self.sparsity = self._resolve_sparsity(pattern)
+        for name in ("num_samples", "seq_len", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"`{name}={value!r}` must be a whole number of at least 1.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"`seed={self.seed!r}` must be an integer.")
+        self._check_choice("allocation", _ALLOCATIONS)
+        self._check_choice("schedule", _SCHEDULES)
+        if self.allocation == "owl":
+            self._check_owl(pattern)
+        if not isinstance(self.method_options, dict):
+            raise ConfigError(f"`method_options={self.method_options!r}` must be a dict of option name to value.")
+        build_method(self.method, self.method_options)
+        if isinstance(self.ignore, str) or not all(isinstance(item, str) for item in self.ignore):
+            raise ConfigError(f"`ignore={self.ignore!r}` must be a list of Linear name fragments.")
+        self.ignore = list(self.ignore)
+        _check_calibration(self.calibration)
+
+    def _resolve_sparsity(self, pattern) -> float:
+        implied = pattern.implied_sparsity
+        if self.sparsity is None:
+            return 0.5 if implied is None else implied
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
+            raise ConfigError(f"`sparsity={self.sparsity!r}` must be a number in [0, 1); pass a fraction such as 0.5.")
+        sparsity = float(self.sparsity)
+        if not 0.0 <= sparsity < 1.0:
+            raise ConfigError(f"`sparsity={self.sparsity}` is outside [0, 1); pass a fraction such as 0.5.")
+        if implied is not None and abs(sparsity - implied) > 1e-9:
+            raise ConfigError(
+                f"`sparsity={self.sparsity}` contradicts `pattern='{pattern}'`, which prunes exactly {implied:g}; "
+                f"drop `sparsity` or pass {implied:g}."
+            )
+        return sparsity
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        value = getattr(self, name)
+        if value not in choices:
+            raise ConfigError(
+                f"`{name}={value!r}` is not one of {', '.join(choices)}.{suggest(str(value), list(choices))}"
+            )
+
+    def _check_owl(self, pattern) -> None:
+        if not pattern.is_unstructured:
+            raise ConfigError(
+                f"`allocation='owl'` varies sparsity per block, which `pattern='{pattern}'` fixes; "
+                "use pattern='unstructured' or allocation='uniform'."
+            )
+        if not 0.0 <= self.owl_lambda <= min(self.sparsity, 1.0 - self.sparsity):
+            raise ConfigError(
+                f"`owl_lambda={self.owl_lambda}` must keep every block's sparsity within [0, 1): pass a value in "
+                f"[0, {min(self.sparsity, 1.0 - self.sparsity):g}] such as 0.08."
+            )
+        if self.owl_threshold <= 0:
+            raise ConfigError(f"`owl_threshold={self.owl_threshold}` must be positive, such as 5.")
+
+    # Serialization -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, including the library version that wrote it."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["calibration"] = _calibration_to_json(self.calibration)
+        data[_VERSION_KEY] = __version__
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruningConfig:
+        """Build from :meth:`to_dict` output. Unknown keys are an error, unless a newer version wrote them."""
+        data = dict(data)
+        writer_version = data.pop(_VERSION_KEY, None)
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [key for key in data if key not in known]
+        if unknown and _is_newer(writer_version):
+            logger.warning(
+                "Dropping keys %s written by hf_calibprune %s (this is %s).", unknown, writer_version, __version__
+            )
+            unknown = []
+            data = {k: v for k, v in data.items() if k in known}
+        if unknown:
+            key = unknown[0]
+            raise ConfigError(f"Unknown PruningConfig key '{key}'.{suggest(key, known)} Valid keys: {', '.join(known)}.")
+        if "calibration" in data:
+            data["calibration"] = _calibration_from_json(data["calibration"])
+        return cls(**data)
+
+    def to_json_string(self) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``pruning_config.json`` into ``save_directory`` (atomically)."""
+        return write_json_atomic(Path(save_directory) / CONFIG_NAME, self.to_dict())
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> PruningConfig:
+        """Read a config from a directory holding ``pruning_config.json``, or from a ``.json``/``.yaml`` file."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {path}.")
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except yaml.YAMLError as error:
+                raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        else:
+            data = read_json(path, "pruning config")
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of PruningConfig fields, not {type(data).__name__}.")
+        return cls.from_dict(data)
+
+
+def _is_newer(version: str | None) -> bool:
+    if not version:
+        return False
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(version) > Version(__version__)
+    except InvalidVersion:
+        return False
+
+
+def _calibration_to_json(calibration: Any) -> Any:
+    if calibration is None or isinstance(calibration, (str, list)):
+        return calibration
+    if hasattr(calibration, "to_dict") and type(calibration).__name__ == "CalibrationConfig":
+        return {"calibration_config": calibration.to_dict()}
+    if isinstance(calibration, os.PathLike):
+        return os.fspath(calibration)
+    return {"in_memory": type(calibration).__name__, "fingerprint": getattr(calibration, "_fingerprint", None)}
+
+
+def _calibration_from_json(value: Any) -> Any:
+    if isinstance(value, dict) and "calibration_config" in value:
+        from .calibration import CalibrationConfig
+
+        return CalibrationConfig.from_dict(value["calibration_config"])
+    if isinstance(value, dict) and "in_memory" in value:
+        raise ConfigError(
+            f"this config was made with an in-memory {value['in_memory']} as calibration data, which is not saved; "
+            "pass `calibration=` again (a Dataset, a list of texts, or a file path)."
+        )
+    return value
+
+
+def _check_calibration(calibration: Any) -> None:
+    if isinstance(calibration, os.PathLike):
+        return
+    if isinstance(calibration, list):
+        if not calibration or not all(isinstance(item, str) for item in calibration):
+            raise ConfigError(
+                "`calibration` as a list must hold text strings (or catalogue names such as 'gsm8k:icl'), "
+                "and not be empty."
+            )
+        return
+    if isinstance(calibration, str):
+        if not calibration.strip():
+            raise ConfigError("`calibration=''` is empty; pass a source name such as 'c4' or 'self', or a file path.")
+        _check_source_name(calibration)
+
+
+def _check_source_name(spec: str) -> None:
+    """A string that is neither an existing path nor path-like must name a registered source."""
+    if os.path.exists(spec) or os.sep in spec or "/" in spec or Path(spec).suffix in (".jsonl", ".json", ".txt", ".tsv"):
+        return
+    try:
+        from .calibration import SOURCES
+    except ImportError:
+        return
+    name = spec.split(":", 1)[0]
+    if name not in SOURCES:
+        raise ConfigError(
+            f"`calibration='{spec}'` is neither a file nor a known source.{suggest(name, SOURCES.names())} "
+            f"Known sources: {', '.join(SOURCES.names())}; or pass a path to a .jsonl/.txt file."
+        )

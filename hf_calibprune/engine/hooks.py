@@ -1,0 +1,125 @@
+"""Forward hooks on a block's Linears: input statistics (shared by Linears reading the same tensor) and
+reconstruction error of pruned weights."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..sparsity import InputStatistics
+
+__all__ = ["StatisticsCollector", "ErrorMeter", "hessian_error"]
+
+
+def _tokens(x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+    """``x`` as ``[tokens, features]`` without padding positions."""
+    flat = x.reshape(-1, x.shape[-1])
+    if token_mask is None or token_mask.numel() != flat.shape[0]:
+        return flat
+    keep = token_mask.reshape(-1).to(flat.device)
+    return flat if bool(keep.all()) else flat[keep]
+
+
+class _HookSet:
+    def __init__(self) -> None:
+        self.token_mask: torch.Tensor | None = None
+        self._handles: list = []
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class StatisticsCollector(_HookSet):
+    """Gathers :class:`InputStatistics` for each Linear of a block while the block runs.
+
+    Linears fed the very same tensor (q/k/v, gate/up) share one statistic, found from the tensors
+    themselves rather than from layer names. ``on_input(name, module, stats)``, if given, runs before each
+    Linear computes (the one-pass schedule prunes there).
+    """
+
+    def __init__(
+        self,
+        linears: dict[str, nn.Module],
+        hessian: bool,
+        on_input: Callable[[str, nn.Module, InputStatistics, torch.Tensor], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.hessian = hessian
+        self.stats: dict[str, InputStatistics] = {}
+        self._on_input = on_input
+        self._last_input: torch.Tensor | None = None
+        self._last_stats: InputStatistics | None = None
+        for name, module in linears.items():
+            self._handles.append(module.register_forward_pre_hook(self._make_hook(name)))
+
+    def end_batch(self) -> None:
+        self._last_input = None
+        self._last_stats = None
+
+    def groups(self) -> list[list[str]]:
+        """Names of Linears sharing one statistic."""
+        grouped: dict[int, list[str]] = {}
+        for name, stats in self.stats.items():
+            grouped.setdefault(id(stats), []).append(name)
+        return list(grouped.values())
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            if x is self._last_input:
+                self.stats.setdefault(name, self._last_stats)
+            else:
+                stats = self.stats.get(name)
+                if stats is None:
+                    stats = InputStatistics(x.shape[-1], self.hessian, device=x.device)
+                    self.stats[name] = stats
+                stats.add(_tokens(x, self.token_mask))
+                self._last_input, self._last_stats = x, stats
+            if self._on_input is not None:
+                self._on_input(name, module, self.stats[name], x)
+
+        return hook
+
+
+class ErrorMeter(_HookSet):
+    """Measures ``‖WX − ŴX‖² / ‖WX‖²`` of pruned Linears as the block runs with pruned weights.
+
+    ``removed[name]`` is ``W − Ŵ`` as ``[out, in]``; the Linear's own output gives ``ŴX``.
+    """
+
+    def __init__(self, linears: dict[str, nn.Module], removed: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.removed = removed
+        self.error = {name: 0.0 for name in removed}
+        self.reference = {name: 0.0 for name in removed}
+        for name in removed:
+            self._handles.append(linears[name].register_forward_hook(self._make_hook(name)))
+
+    def result(self) -> dict[str, float]:
+        return {name: self.error[name] / self.reference[name] if self.reference[name] else 0.0 for name in self.error}
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            x = _tokens(args[0], self.token_mask).float()
+            delta = x @ self.removed[name].to(x.device).t()
+            pruned = _tokens(output, self.token_mask).float()
+            bias = getattr(module, "bias", None)
+            if bias is not None:
+                pruned = pruned - bias.float()
+            self.error[name] += float(delta.square().sum())
+            self.reference[name] += float((pruned + delta).square().sum())
+
+        return hook
+
+
+def hessian_error(removed: torch.Tensor, weight: torch.Tensor, gram: torch.Tensor) -> float:
+    """``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)``: the relative reconstruction error from the Gram matrix, no data pass."""
+    removed = removed.to(gram.device, torch.float32)
+    weight = weight.to(gram.device, torch.float32)
+    reference = float(((weight @ gram) * weight).sum())
+    return float(((removed @ gram) * removed).sum()) / reference if reference else 0.0
+

@@ -1,0 +1,68 @@
+"""The contract every pruning method implements."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from ..errors import ConfigError
+from ..registry import suggest
+from ..sparsity import InputStatistics, SparsityPattern
+
+__all__ = ["PruningMethod", "PruneResult", "StatisticsNeed"]
+
+#: What a method needs from calibration: nothing, per-channel input norms, or the full Gram matrix.
+StatisticsNeed = Literal["none", "norms", "hessian"]
+
+
+@dataclass
+class PruneResult:
+    """A pruned weight and what happened.
+
+    Args:
+        weight (`torch.Tensor`): the new weight, float32, ``[out_features, in_features]``.
+        mask (`torch.BoolTensor`): ``True`` where a weight was pruned.
+        info (`dict`): method-specific facts for the report (e.g. the damping SparseGPT used).
+    """
+
+    weight: torch.Tensor
+    mask: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class PruningMethod(ABC):
+    """A pruning method: an ``Options`` dataclass, the statistics it needs, and ``prune``.
+
+    Subclasses set ``name``, ``Options`` and ``needs``; the engine gathers the statistics and calls
+    :meth:`prune` once per Linear with its weight in float32 as ``[out_features, in_features]``.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type]
+    needs: ClassVar[StatisticsNeed] = "norms"
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any] | None) -> PruningMethod:
+        """Build from a plain dict, with an error naming any unknown option."""
+        options = dict(options or {})
+        known = [f.name for f in dataclasses.fields(cls.Options)]
+        for key in options:
+            if key not in known:
+                raise ConfigError(
+                    f"`method_options` has '{key}', which method '{cls.name}' does not take.{suggest(key, known)} "
+                    f"Its options are: {', '.join(known) or 'none'}."
+                )
+        return cls(cls.Options(**options))
+
+    @abstractmethod
+    def prune(
+        self, weight: torch.Tensor, stats: InputStatistics | None, sparsity: float, pattern: SparsityPattern
+    ) -> PruneResult:
+        """Prune ``weight`` to ``sparsity`` under ``pattern`` using calibration ``stats``."""

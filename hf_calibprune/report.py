@@ -1,0 +1,122 @@
+"""``PruningReport``: what a prune actually did, measured per Linear and per block."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._io import read_json, write_json_atomic
+from .errors import CheckpointError
+from .records import BlockRecord, LayerRecord
+from .version import __version__
+
+__all__ = ["PruningReport", "REPORT_NAME", "library_versions"]
+
+REPORT_NAME = "pruning_report.json"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of hf_calibprune and the libraries that shaped the result."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"hf_calibprune": __version__, "python": platform.python_version()}
+    for package in ("torch", "transformers", "accelerate", "datasets"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+@dataclass
+class PruningReport:
+    """Measured results of one prune.
+
+    Args:
+        method (`str`): the pruning method.
+        pattern (`str`): ``"unstructured"`` or ``"N:M"``.
+        requested_sparsity (`float`): the configured target.
+        overall_sparsity (`float`): measured fraction of zeros over all pruned Linears.
+        layers (`list[LayerRecord]`): one record per pruned Linear.
+        blocks (`list[BlockRecord]`): one record per decoder block.
+        calibration (`dict`, *optional*): the calibration fingerprint (sources, samples, seq_len, seed, token hash);
+            ``None`` when no calibration data was used.
+        layer_sparsity (`dict[str, float]`): requested sparsity per block (uniform or OWL).
+        seconds (`float`): wall time of the whole prune.
+        config (`dict`): the :class:`PruningConfig` that produced this report.
+        versions (`dict[str, str]`): library versions.
+        evaluation (`dict`): evaluation results added later (perplexity, accuracy), by task name.
+    """
+
+    method: str
+    pattern: str
+    requested_sparsity: float
+    overall_sparsity: float
+    layers: list[LayerRecord] = field(default_factory=list)
+    blocks: list[BlockRecord] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
+    layer_sparsity: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=library_versions)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_records(cls, layers: list[LayerRecord], blocks: list[BlockRecord], **fields: Any) -> PruningReport:
+        """Build a report, computing the overall sparsity from the per-Linear records."""
+        total = sum(r.shape[0] * r.shape[1] for r in layers)
+        zeros = sum(r.measured_sparsity * r.shape[0] * r.shape[1] for r in layers)
+        return cls(overall_sparsity=zeros / total if total else 0.0, layers=layers, blocks=blocks, **fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["hf_calibprune_version"] = __version__
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruningReport:
+        data = {k: v for k, v in data.items() if k != "hf_calibprune_version"}
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            data = {k: v for k, v in data.items() if k in known}
+            data["layers"] = [LayerRecord(**record) for record in data.get("layers", [])]
+            data["blocks"] = [BlockRecord(**record) for record in data.get("blocks", [])]
+            return cls(**data)
+        except TypeError as error:
+            raise CheckpointError(f"the pruning report is missing or has malformed fields ({error}).") from error
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the report as JSON (to ``path``, or ``path/pruning_report.json`` for a directory)."""
+        path = Path(path)
+        return write_json_atomic(path / REPORT_NAME if path.is_dir() else path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PruningReport:
+        path = Path(path)
+        data = read_json(path / REPORT_NAME if path.is_dir() else path, "pruning report")
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path} does not hold a pruning report object.")
+        return cls.from_dict(data)
+
+    def summary_table(self) -> str:
+        """A plain-text table: one row per block, then the total."""
+        lines = [
+            f"{'block':<24} {'target':>7} {'sparsity':>9} {'max error':>10} {'seconds':>8}",
+            "-" * 62,
+        ]
+        for block in self.blocks:
+            errors = [r.reconstruction_error for r in self.layers if r.block == block.index and r.reconstruction_error is not None]
+            worst = f"{max(errors):10.4f}" if errors else f"{'-':>10}"
+            lines.append(
+                f"{block.name:<24} {block.requested_sparsity:7.3f} {block.measured_sparsity:9.4f} {worst} {block.seconds:8.2f}"
+            )
+        lines.append("-" * 62)
+        lines.append(
+            f"{'total (' + self.method + ', ' + self.pattern + ')':<24} {self.requested_sparsity:7.3f} "
+            f"{self.overall_sparsity:9.4f} {'':>10} {self.seconds:8.2f}"
+        )
+        return "\n".join(lines)

@@ -1,0 +1,21 @@
+"""Layer 1: sparsity patterns, score → mask selection, streaming input statistics and per-layer allocation.
+
+Pure tensor code: torch only, no transformers, no devices chosen here.
+"""
+
+from __future__ import annotations
+
+from .allocation import LayerSparsity, owl_layer_sparsities, outlier_ratio, uniform_layer_sparsities
+from .patterns import SparsityPattern, parse_pattern, prune_mask_from_scores
+from .statistics import InputStatistics
+
+__all__ = [
+    "InputStatistics",
+    "LayerSparsity",
+    "SparsityPattern",
+    "outlier_ratio",
+    "owl_layer_sparsities",
+    "parse_pattern",
+    "prune_mask_from_scores",
+    "uniform_layer_sparsities",
+]

@@ -1,0 +1,66 @@
+"""Streaming statistics of a Linear's inputs over calibration tokens, in float32, mergeable across processes."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["InputStatistics"]
+
+
+class InputStatistics:
+    """Sums over calibration tokens of ``x_j²`` (every method that needs norms) and ``x xᵀ`` (SparseGPT).
+
+    Padding tokens must be dropped by the caller before :meth:`add`; statistics are sums, so merging
+    shards (several processes, several batches) is addition.
+
+    Args:
+        in_features (`int`): width of the inputs.
+        hessian (`bool`): also accumulate the Gram matrix ``Σ x xᵀ``.
+        device (`torch.device`): where the sums live.
+    """
+
+    def __init__(self, in_features: int, hessian: bool, device: torch.device | str = "cpu") -> None:
+        self.in_features = in_features
+        self.num_tokens = 0
+        self.squared_sum = torch.zeros(in_features, dtype=torch.float32, device=device)
+        self.gram = torch.zeros(in_features, in_features, dtype=torch.float32, device=device) if hessian else None
+
+    def add(self, inputs: torch.Tensor) -> None:
+        """Accumulate ``inputs`` of shape ``[tokens, in_features]`` (any float dtype)."""
+        x = inputs.to(device=self.squared_sum.device, dtype=torch.float32)
+        self.num_tokens += x.shape[0]
+        if self.gram is not None:
+            self.gram.addmm_(x.t(), x)
+            return
+        self.squared_sum.add_(x.square().sum(dim=0))
+
+    @property
+    def squared_norms(self) -> torch.Tensor:
+        """``‖x_j‖²`` over all calibration tokens, per input channel ``j``."""
+        if self.gram is not None:
+            return self.gram.diagonal().clone()
+        return self.squared_sum
+
+    @property
+    def norms(self) -> torch.Tensor:
+        """``‖x_j‖₂`` over all calibration tokens (Wanda's activation factor)."""
+        return self.squared_norms.sqrt()
+
+    def merge(self, other: InputStatistics) -> None:
+        """Add another shard's sums into this one."""
+        self.num_tokens += other.num_tokens
+        self.squared_sum.add_(other.squared_sum.to(self.squared_sum.device))
+        if self.gram is not None:
+            self.gram.add_(other.gram.to(self.gram.device))
+
+    def all_reduce(self) -> None:
+        """Sum the statistics over every process of the default process group (no-op when not distributed)."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        tokens = torch.tensor([float(self.num_tokens)], device=self.squared_sum.device)
+        dist.all_reduce(tokens)
+        self.num_tokens = int(tokens.item())
+        dist.all_reduce(self.squared_sum)
+        if self.gram is not None:
+            dist.all_reduce(self.gram)

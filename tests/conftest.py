@@ -1,0 +1,69 @@
+"""Shared fixtures: a character-level tokenizer and tiny random decoder-only models (no Hub access)."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. Pruning removes weights that matter least. "
+    "Calibration data decides which weights matter. Question: what is 3 + 4? Answer: 7. "
+) * 8
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer of 99 tokens: every printable ASCII character plus four specials."""
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + list(string.printable[:95]))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return make_tokenizer()
+
+
+def tiny_config(model_type: str = "llama", **overrides):
+    """A tiny random config of ``model_type`` whose vocabulary covers :func:`make_tokenizer`."""
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    per_type = {
+        "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=256),
+        "opt": dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=32,
+                    max_position_embeddings=256),
+        "gpt_neox": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=256),
+    }
+    default = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=256, head_dim=8)
+    values = {**common, **per_type.get(model_type, default), **overrides}
+    return AutoConfig.for_model(model_type, **values)
+
+
+def tiny_model(model_type: str = "llama", dtype: torch.dtype = torch.float32, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides), dtype=dtype)
+    return model.eval()
+
+
+@pytest.fixture
+def calibration_file(tmp_path: Path) -> Path:
+    """A local JSONL calibration file with a ``text`` field."""
+    import json
+
+    path = tmp_path / "calib.jsonl"
+    with path.open("w") as handle:
+        for i in range(12):
+            handle.write(json.dumps({"text": f"Sample {i}. " + TEXT[i * 7 :]}) + "\n")
+    return path

@@ -1,0 +1,121 @@
+"""Contract tests over every registered method, and method-specific properties."""
+
+import pytest
+import torch
+
+from hf_calibprune.errors import ConfigError, NumericalError
+from hf_calibprune.methods import METHODS, build_method
+from hf_calibprune.methods.wanda import wanda_scores
+from hf_calibprune.sparsity import InputStatistics, parse_pattern
+
+PATTERNS = [("unstructured", 0.5), ("unstructured", 0.3), ("2:4", 0.5), ("4:8", 0.5), ("1:4", 0.75)]
+
+
+def correlated_inputs(tokens=256, features=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(features, features, generator=generator)
+    scale = torch.linspace(0.2, 3.0, features)
+    return (torch.randn(tokens, features, generator=generator) @ mixing) * scale
+
+
+def statistics(x, method):
+    stats = InputStatistics(x.shape[1], hessian=METHODS.get(method).needs == "hessian")
+    stats.add(x)
+    return stats
+
+
+def relative_error(weight, pruned, x):
+    return float(((x @ (weight - pruned).t()) ** 2).sum() / ((x @ weight.t()) ** 2).sum())
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize("pattern, sparsity", PATTERNS)
+def test_contract_exact_sparsity(method, pattern, sparsity):
+    x = correlated_inputs()
+    weight = torch.randn(24, 32, generator=torch.Generator().manual_seed(1))
+    parsed = parse_pattern(pattern)
+    result = build_method(method).prune(weight, statistics(x, method), sparsity, parsed)
+    zeros = result.weight == 0
+    assert torch.equal(zeros, result.mask)
+    if not parsed.is_unstructured:
+        assert (zeros.reshape(24, -1, parsed.m).sum(-1) == parsed.m - parsed.n).all()
+    elif getattr(build_method(method).options, "scope", "row") == "layer":
+        assert int(zeros.sum()) == int(weight.numel() * sparsity)
+    else:
+        assert (zeros.sum(dim=1) == int(32 * sparsity)).all()
+    assert result.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_zero_sparsity_is_identity(method):
+    x = correlated_inputs()
+    weight = torch.randn(16, 32)
+    result = build_method(method).prune(weight, statistics(x, method), 0.0, parse_pattern("unstructured"))
+    assert torch.equal(result.weight, weight)
+
+
+def test_wanda_uses_norm_not_squared_norm():
+    # |W|·‖x‖ gives scores 2 and 3 (prune column 0); |W|·‖x‖² gives 4 and 3 (would prune column 1).
+    weight = torch.tensor([[1.0, 3.0]])
+    x = torch.tensor([[2.0, 1.0]])  # ‖x_0‖ = 2, ‖x_1‖ = 1
+    stats = statistics(x, "wanda")
+    mask = build_method("wanda").prune(weight, stats, 0.5, parse_pattern("unstructured")).mask
+    assert mask.tolist() == [[True, False]]  # scores 2 vs 3
+    squared = weight.abs() * stats.squared_norms  # 4 vs 3 would prune column 1
+    assert squared.argmin().item() == 1
+    assert torch.equal(wanda_scores(weight, stats.norms), torch.tensor([[2.0, 3.0]]))
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_sparsegpt_beats_wanda_and_magnitude_on_correlated_inputs(pattern):
+    x = correlated_inputs(tokens=512, features=64)
+    weight = torch.randn(32, 64, generator=torch.Generator().manual_seed(3))
+    errors = {
+        method: relative_error(weight, build_method(method).prune(weight, statistics(x, method), 0.5, parse_pattern(pattern)).weight, x)
+        for method in ("magnitude", "wanda", "sparsegpt")
+    }
+    assert errors["sparsegpt"] < errors["wanda"]
+    assert errors["sparsegpt"] < errors["magnitude"]
+
+
+def test_sparsegpt_raises_dampening_when_hessian_not_positive_definite():
+    stats = InputStatistics(2, hessian=True)
+    stats.gram = torch.tensor([[1.0, 2.0], [2.0, 1.0]])  # an eigenvalue of -1
+    stats.num_tokens = 1
+    result = build_method("sparsegpt").prune(torch.randn(4, 2), stats, 0.5, parse_pattern("unstructured"))
+    assert result.info["dampening"] > 0.01
+
+
+def test_sparsegpt_gives_up_with_clear_error():
+    stats = InputStatistics(2, hessian=True)
+    stats.gram = torch.tensor([[1.0, 50.0], [50.0, 1.0]])
+    with pytest.raises(NumericalError, match="not positive definite"):
+        build_method("sparsegpt", {"max_dampening": 1.0}).prune(torch.randn(4, 2), stats, 0.5, parse_pattern("unstructured"))
+
+
+def test_sparsegpt_block_scope_prunes_exact_total():
+    x = correlated_inputs()
+    weight = torch.randn(8, 32)
+    result = build_method("sparsegpt", {"scope": "block", "block_size": 16}).prune(
+        weight, statistics(x, "sparsegpt"), 0.5, parse_pattern("unstructured")
+    )
+    assert int((result.weight == 0).sum()) == 128
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(ConfigError, match="Did you mean 'block_size'"):
+        build_method("sparsegpt", {"blocksize": 64})
+
+
+def test_statistics_merge_equals_single_pass():
+    x = correlated_inputs()
+    whole = InputStatistics(32, hessian=True)
+    whole.add(x)
+    parts = InputStatistics(32, hessian=True)
+    half = InputStatistics(32, hessian=True)
+    parts.add(x[:100])
+    half.add(x[100:])
+    parts.merge(half)
+    assert parts.num_tokens == whole.num_tokens
+    torch.testing.assert_close(parts.gram, whole.gram, rtol=1e-4, atol=1e-2)
+    torch.testing.assert_close(parts.norms, x.norm(dim=0), rtol=1e-4, atol=1e-4)
