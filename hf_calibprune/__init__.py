@@ -10,6 +10,7 @@ model = CalibratedPruner(config, tokenizer=tok).prune(model)
 
 from __future__ import annotations
 
+from .calibration import CalibrationConfig
 from .config import PruningConfig
 from .errors import (
     CalibPruneError,
@@ -19,12 +20,15 @@ from .errors import (
     ModelStructureError,
     NumericalError,
 )
+from .hub import load_pruning_info, push_to_hub, save_sparse
+from .hub import load_pruning_info, push_to_hub, save_sparse
 from .pruner import CalibratedPruner
 from .report import PruningReport
 from .version import __version__
 
 __all__ = [
     "CalibPruneError",
+    "CalibrationConfig",
     "CalibratedPruner",
     "CalibrationError",
     "CheckpointError",
@@ -34,4 +38,10 @@ __all__ = [
     "PruningConfig",
     "PruningReport",
     "__version__",
+    "load_pruning_info",
+    "push_to_hub",
+    "save_sparse",
+    "load_pruning_info",
+    "push_to_hub",
+    "save_sparse",
 ]

@@ -17,7 +17,7 @@ from .version import __version__
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS = ["prune", "calibration", "recover"]
+COMMANDS = ["prune", "calibration", "recover", "evaluate", "push", "study"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 from ._io import read_json, write_json_atomic
 from .errors import ConfigError
 from .methods import METHODS, build_method
+from .refinement import REFINERS, build_refiner
 from .registry import suggest
 from .sparsity import parse_pattern
 from .version import __version__
@@ -54,6 +56,12 @@ class PruningConfig:
         ignore (`list[str]`, *optional*): Linears whose name contains any entry stay dense (``["mlp.down_proj"]``).
         measure_error (`bool`, *optional*, defaults to `True`): record each Linear's reconstruction error.
         activation_device (`str`, *optional*): keep calibration activations on this device between blocks.
+        refine (`str`, *optional*): a mask refiner run after the method: ``"dsnot"`` or ``"swaps"``.
+        refine_options (`dict`, *optional*): options of the refiner.
+        execution_device (`str`, *optional*): bring one block at a time to this device (``"cuda"``, ``"cuda:1"``)
+            and move it back afterwards, so a model kept on CPU needs accelerator memory for one block plus
+            activations. Blocks dispatched by accelerate (``device_map=...``) run where their hooks place them.
+            Under ``accelerate launch``/``torchrun``, ``"cuda"`` means each process's own GPU.
     """
 
     method: str = "wanda"
@@ -72,6 +80,9 @@ class PruningConfig:
     ignore: list[str] = field(default_factory=list)
     measure_error: bool = True
     activation_device: str | None = None
+    refine: str | None = None
+    refine_options: dict[str, Any] = field(default_factory=dict)
+    execution_device: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str):
@@ -88,15 +99,38 @@ class PruningConfig:
             raise ConfigError(f"`seed={self.seed!r}` must be an integer.")
         self._check_choice("allocation", _ALLOCATIONS)
         self._check_choice("schedule", _SCHEDULES)
+        for name, example in (("owl_lambda", 0.08), ("owl_threshold", 5)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"`{name}={value!r}` must be a finite number, such as {example}.")
         if self.allocation == "owl":
             self._check_owl(pattern)
         if not isinstance(self.method_options, dict):
             raise ConfigError(f"`method_options={self.method_options!r}` must be a dict of option name to value.")
         build_method(self.method, self.method_options)
-        if isinstance(self.ignore, str) or not all(isinstance(item, str) for item in self.ignore):
+        if self.refine is not None and not isinstance(self.refine, str):
+            raise ConfigError(f"`refine={self.refine!r}` must be a refiner name such as 'dsnot', or None.")
+        if not isinstance(self.refine_options, dict):
+            raise ConfigError(f"`refine_options={self.refine_options!r}` must be a dict of option name to value.")
+        if self.refine is not None:
+            REFINERS.check(self.refine)
+            build_refiner(self.refine, self.refine_options)
+        elif self.refine_options:
+            raise ConfigError("`refine_options` is set but `refine` is not; pass refine='dsnot' or 'swaps'.")
+        if not isinstance(self.ignore, (list, tuple)) or not all(isinstance(item, str) for item in self.ignore):
             raise ConfigError(f"`ignore={self.ignore!r}` must be a list of Linear name fragments.")
         self.ignore = list(self.ignore)
+        if isinstance(self.calibration, tuple):
+            self.calibration = list(self.calibration)
+        elif isinstance(self.calibration, dict):  # a CalibrationConfig spelled as a dict (YAML, JSON)
+            from .calibration import CalibrationConfig
+
+            self.calibration = CalibrationConfig.from_dict(self.calibration)
         _check_calibration(self.calibration)
+        _check_device("execution_device", self.execution_device)
+        _check_device("activation_device", self.activation_device)
+        if not isinstance(self.measure_error, bool):
+            raise ConfigError(f"`measure_error={self.measure_error!r}` must be True or False.")
 
     def _resolve_sparsity(self, pattern) -> float:
         implied = pattern.implied_sparsity
@@ -229,9 +263,27 @@ def _calibration_from_json(value: Any) -> Any:
     return value
 
 
+def _check_device(name: str, value: Any) -> None:
+    if value is None:
+        return
+    import torch
+
+    try:
+        if not isinstance(value, str):
+            raise TypeError
+        torch.device(value)
+    except (TypeError, RuntimeError) as error:
+        raise ConfigError(f"`{name}={value!r}` is not a torch device; pass a string such as 'cuda', 'cuda:0' or 'cpu'.") from error
+
+
 def _check_calibration(calibration: Any) -> None:
     if isinstance(calibration, os.PathLike):
         return
+    if isinstance(calibration, (bool, int, float, bytes)):
+        raise ConfigError(
+            f"`calibration={calibration!r}` must be a source name such as 'c4' or 'self', a file path, a list of "
+            "texts, a datasets.Dataset or a CalibrationConfig."
+        )
     if isinstance(calibration, list):
         if not calibration or not all(isinstance(item, str) for item in calibration):
             raise ConfigError(
@@ -251,8 +303,10 @@ def _check_source_name(spec: str) -> None:
         return
     try:
         from .calibration import SOURCES
+        from .calibration.config import parse_spec
     except ImportError:
         return
+    parse_spec(spec)  # an unknown format ('gsm8k:icll') is answered here, with a did-you-mean
     name = spec.split(":", 1)[0]
     if name not in SOURCES:
         raise ConfigError(

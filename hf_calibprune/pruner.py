@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -10,9 +11,12 @@ from torch import nn
 
 from .config import PruningConfig
 from .engine import EngineOptions, LayerwiseEngine
+from .engine.checkpointing import OUT_OF_MEMORY_ERRORS, BlockCheckpoint, model_fingerprint, out_of_memory_error
+from .engine.distributed import init_distributed, is_main_process, process_index, shard_slice, world_size
 from .errors import ConfigError
 from .methods import build_method
 from .models import check_decoder_only
+from .refinement import build_refiner
 from .report import PruningReport
 from .sparsity import LayerSparsity, owl_layer_sparsities, parse_pattern, uniform_layer_sparsities
 
@@ -31,6 +35,12 @@ class CalibratedPruner:
         tokenizer (`PreTrainedTokenizerBase`, *optional*): tokenizes calibration text; needed unless the method
             uses no calibration data (magnitude with uniform allocation).
         progress (`bool`, *optional*, defaults to `True`): show progress bars.
+        checkpoint_dir (`str` or `os.PathLike`, *optional*): save progress here after every block (pruned weights,
+            the next block's inputs, the records so far). Pruning the same model with the same config and
+            calibration data again resumes at the first unfinished block and ends bit-identical to an uninterrupted
+            run; anything else is refused with a :class:`CheckpointError` naming what differs. The directory is
+            kept after success (a rerun then only restores); delete it, or call
+            ``hf_calibprune.engine.checkpointing.remove_checkpoint(dir)``, once the pruned model is saved.
 
     Example:
 
@@ -41,12 +51,20 @@ class CalibratedPruner:
     ```
     """
 
-    def __init__(self, config: PruningConfig, tokenizer: Any = None, *, progress: bool = True) -> None:
+    def __init__(
+        self,
+        config: PruningConfig,
+        tokenizer: Any = None,
+        *,
+        progress: bool = True,
+        checkpoint_dir: str | os.PathLike | None = None,
+    ) -> None:
         if not isinstance(config, PruningConfig):
             raise ConfigError(f"CalibratedPruner takes a PruningConfig, not {type(config).__name__}.")
         self.config = config
         self.tokenizer = tokenizer
         self.progress = progress
+        self.checkpoint_dir = checkpoint_dir
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str, config: PruningConfig, **load_kwargs: Any) -> nn.Module:
@@ -63,9 +81,13 @@ class CalibratedPruner:
         """
         config = self.config
         check_decoder_only(model)
-        self._check_seq_len(model)
         method = build_method(config.method, config.method_options)
+        needs_data = method.needs != "none" or config.allocation == "owl" or config.refine is not None
+        if needs_data:
+            self._check_seq_len(model)
+            self._check_vocabulary(model)
         pattern = parse_pattern(config.pattern)
+        init_distributed()
         engine = LayerwiseEngine(
             model,
             EngineOptions(
@@ -73,23 +95,43 @@ class CalibratedPruner:
                 schedule=config.schedule,
                 measure_error=config.measure_error,
                 activation_device=config.activation_device,
+                execution_device=config.execution_device,
                 ignore=tuple(config.ignore),
-                progress=self.progress,
+                refiner=build_refiner(config.refine, config.refine_options) if config.refine else None,
+                progress=self.progress and is_main_process(),
             ),
         )
         block_names = [engine.layout.block_name(i) for i in range(len(engine.layout.blocks))]
-        needs_data = method.needs != "none" or config.allocation == "owl"
         started = time.perf_counter()
         was_training = model.training
         model.eval()
         try:
             samples = self._calibration_samples(model) if needs_data else None
+            if samples is not None:
+                _check_token_ids(samples.input_ids, model)
+            checkpoint = self._open_checkpoint(model, engine, samples)
+            shard = _process_shard(samples) if samples is not None else None
             layer_sparsity: LayerSparsity = uniform_layer_sparsities(block_names, config.sparsity)
-            if config.allocation == "owl":
-                ratios = engine.outlier_ratios(engine.capture(samples.input_ids, samples.attention_mask), config.owl_threshold)
+            saved_sparsity = checkpoint.saved_layer_sparsity() if checkpoint is not None else None
+            if saved_sparsity is not None:  # resuming: OWL's dense pass over every block is not repeated
+                layer_sparsity = saved_sparsity
+            elif config.allocation == "owl":
+                ratios = engine.outlier_ratios(engine.capture(shard.input_ids, shard.attention_mask), config.owl_threshold)
                 layer_sparsity = owl_layer_sparsities(ratios, config.sparsity, config.owl_lambda)
-            captured = engine.capture(samples.input_ids, samples.attention_mask) if method.needs != "none" else None
-            layers, blocks = engine.prune(method, pattern, layer_sparsity, captured)
+            captured = engine.capture(shard.input_ids, shard.attention_mask) if needs_data else None
+            if checkpoint is not None:
+                checkpoint.layer_sparsity = layer_sparsity
+            layers, blocks = engine.prune(method, pattern, layer_sparsity, captured, checkpoint=checkpoint)
+        except OUT_OF_MEMORY_ERRORS as error:
+            raise out_of_memory_error(
+                error,
+                batch_size=config.batch_size,
+                num_samples=config.num_samples,
+                seq_len=config.seq_len,
+                schedule=config.schedule,
+                activation_device=config.activation_device,
+                checkpoint_dir=self.checkpoint_dir,
+            ) from error
         finally:
             model.train(was_training)
         report = PruningReport.from_records(
@@ -121,6 +163,28 @@ class CalibratedPruner:
             model=model,
         )
 
+    def _open_checkpoint(self, model: nn.Module, engine: LayerwiseEngine, samples) -> BlockCheckpoint | None:
+        if self.checkpoint_dir is None:
+            return None
+        fingerprint = {
+            "config": self.config.to_dict(),
+            "model": model_fingerprint(model, engine.layout),
+            "calibration": samples.fingerprint if samples is not None else None,
+        }
+        return BlockCheckpoint(self.checkpoint_dir, fingerprint, len(engine.layout.blocks))
+
+    def _check_vocabulary(self, model: nn.Module) -> None:
+        if self.tokenizer is None:
+            return
+        size = _vocabulary_size(model)
+        tokens = len(self.tokenizer) if hasattr(self.tokenizer, "__len__") else None
+        if size is not None and tokens is not None and tokens > size:
+            raise ConfigError(
+                f"the tokenizer has {tokens} tokens but the model's vocabulary has {size} (config.vocab_size / "
+                "input embeddings): they do not belong together. Pass the tokenizer saved with the model "
+                "(AutoTokenizer.from_pretrained(<model>)), or resize the model's embeddings to the tokenizer first."
+            )
+
     def _check_seq_len(self, model: nn.Module) -> None:
         model_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         limit = next((getattr(model_config, a) for a in _POSITION_ATTRIBUTES if isinstance(getattr(model_config, a, None), int)), None)
@@ -129,3 +193,46 @@ class CalibratedPruner:
             raise ConfigError(
                 f"`seq_len={seq_len}` is longer than the model's {limit} positions; pass seq_len={limit} or less."
             )
+
+
+def _vocabulary_size(model: nn.Module) -> int | None:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    if weight is not None and weight.dim() == 2:
+        return int(weight.shape[0])
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    size = getattr(config, "vocab_size", None)
+    return size if isinstance(size, int) else None
+
+
+def _check_token_ids(input_ids, model: nn.Module) -> None:
+    """Out-of-range ids would index past the embeddings (a crash, or a device-side assert on CUDA)."""
+    size = _vocabulary_size(model)
+    if size is None or input_ids.numel() == 0:
+        return
+    largest = int(input_ids.max())
+    if largest >= size or int(input_ids.min()) < 0:
+        raise ConfigError(
+            f"the calibration tokens hold id {largest}, outside the model's vocabulary of {size}: the tokenizer does "
+            "not match the model. Pass the tokenizer saved with the model (AutoTokenizer.from_pretrained(<model>))."
+        )
+
+
+def _process_shard(samples):
+    """This process's share of the calibration samples under a multi-process launch (all of them otherwise).
+
+    Statistics are all-reduced per block, so the shards together give the single-process statistics; the
+    report keeps the fingerprint of the full set.
+    """
+    processes = world_size()
+    if processes == 1:
+        return samples
+    if samples.num_samples < processes:
+        raise ConfigError(
+            f"{samples.num_samples} calibration samples cannot be shared by {processes} processes; pass "
+            f"num_samples={processes} or more, or launch fewer processes."
+        )
+    part = shard_slice(samples.num_samples)
+    logger.info("Process %d calibrates on samples %d-%d of %d.", process_index(), part.start, part.stop - 1, samples.num_samples)
+    return type(samples)(samples.input_ids[part], samples.attention_mask[part], samples.fingerprint)

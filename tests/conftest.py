@@ -67,3 +67,12 @@ def calibration_file(tmp_path: Path) -> Path:
         for i in range(12):
             handle.write(json.dumps({"text": f"Sample {i}. " + TEXT[i * 7 :]}) + "\n")
     return path
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path, tokenizer) -> Path:
+    """A saved tiny Llama with its tokenizer, loadable with ``from_pretrained``."""
+    path = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

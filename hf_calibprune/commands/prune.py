@@ -25,6 +25,7 @@ _CONFIG_FLAGS = {
     "owl_lambda": "owl_lambda",
     "schedule": "schedule",
     "activation_device": "activation_device",
+    "execution_device": "execution_device",
 }
 
 
@@ -55,13 +56,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--schedule", choices=["sequential", "one-pass"])
     parser.add_argument("--activation-device", help="Keep calibration activations on this device (e.g. cpu).")
     parser.add_argument(
+        "--execution-device",
+        help="Keep the model where it is loaded and bring one block at a time to this device (e.g. cuda).",
+    )
+    parser.add_argument(
+        "--device-map",
+        help="accelerate device map for loading: auto, a device (cpu, cuda:0), or JSON such as "
+        '\'{"model.layers.0": "disk", "": "cpu"}\' (a .json file path also works).',
+    )
+    parser.add_argument("--offload-folder", help="Folder for weights the device map offloads to disk.")
+    parser.add_argument(
         "--method-option", action="append", default=[], metavar="KEY=VALUE", help="A method option, JSON-parsed."
     )
     parser.add_argument("--ignore", action="append", help="Leave Linears whose name contains this dense.")
+    from ..refinement import REFINERS
+
+    parser.add_argument("--refine", choices=REFINERS.names(), help="Refine each mask after the method (dsnot, swaps).")
+    parser.add_argument(
+        "--refine-option", action="append", default=[], metavar="KEY=VALUE", help="A refiner option, JSON-parsed."
+    )
     parser.add_argument("--output", help="Directory to save the pruned checkpoint to.")
     parser.add_argument("--format", default="dense", choices=["dense", "compact"], help="Checkpoint format.")
     parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    parser.add_argument(
+        "--resume-dir",
+        help="Save progress here after every block; rerunning the same command resumes at the first unfinished "
+        "block (bit-identical result). Removed once --output is saved.",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -94,6 +116,10 @@ def config_from_args(args: argparse.Namespace):
         data["method_options"] = {**data.get("method_options", {}), **dict(map(_parse_option, args.method_option))}
     if args.ignore:
         data["ignore"] = list(args.ignore)
+    if getattr(args, "refine", None):
+        data["refine"] = args.refine
+    if getattr(args, "refine_option", None):
+        data["refine_options"] = {**data.get("refine_options", {}), **dict(map(_parse_option, args.refine_option))}
     return PruningConfig.from_dict(data)
 
 
@@ -103,13 +129,71 @@ def run(args: argparse.Namespace) -> int:
     from ..models.loading import load_model_and_tokenizer
     from ..pruner import CalibratedPruner
 
+    from ..engine.distributed import barrier, init_distributed, is_main_process
+
     config = config_from_args(args)
-    if args.output:
+    init_distributed()  # under accelerate launch / torchrun: every process prunes, only the main one writes
+    if args.output and is_main_process():
         check_target(args.output, overwrite=args.overwrite)
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, gguf_file=args.gguf_file)
-    CalibratedPruner(config, tokenizer=tokenizer, progress=not args.no_progress).prune(model)
-    print(model.pruning_report.summary_table())
-    if args.output:
-        path = save_sparse(model, args.output, format=args.format, tokenizer=tokenizer, overwrite=args.overwrite)
-        print(f"Saved {args.format} checkpoint to {Path(path)}")
+    _check_model_source(args.model, args.gguf_file)
+    model, tokenizer = load_model_and_tokenizer(
+        args.model,
+        dtype=args.dtype,
+        gguf_file=args.gguf_file,
+        device_map=_device_map(getattr(args, "device_map", None)),
+        offload_folder=getattr(args, "offload_folder", None),
+    )
+    CalibratedPruner(
+        config, tokenizer=tokenizer, progress=not args.no_progress, checkpoint_dir=getattr(args, "resume_dir", None)
+    ).prune(model)
+    if is_main_process():
+        print(model.pruning_report.summary_table())
+        if args.output:
+            path = save_sparse(model, args.output, format=args.format, tokenizer=tokenizer, overwrite=args.overwrite)
+            print(f"Saved {args.format} checkpoint to {Path(path)}")
+            if getattr(args, "resume_dir", None):
+                from ..engine.checkpointing import remove_checkpoint
+
+                remove_checkpoint(args.resume_dir)
+    barrier()
     return 0
+
+
+def _device_map(value: str | None) -> Any:
+    """``--device-map``: ``auto``/a device name as is, else a JSON mapping (inline or a file)."""
+    from ..errors import ConfigError
+
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if not text.startswith("{"):
+        if not text.endswith(".json"):
+            return text
+        try:
+            text = Path(text).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(f"--device-map file {value} cannot be read: {error}") from error
+    try:
+        mapping = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--device-map is not valid JSON ({error}); pass e.g. '{{\"\": \"cpu\"}}' or auto.") from error
+    if not isinstance(mapping, dict):
+        raise ConfigError("--device-map JSON must map module names to devices, e.g. {\"model.layers.0\": \"disk\"}.")
+    return mapping
+
+
+def _check_model_source(model: str, gguf_file: str | None) -> None:
+    """A local model path that is missing or holds no model fails here, not as a Hub lookup of a path."""
+    from ..errors import CheckpointError
+
+    path = Path(model).expanduser()
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+    if not path.exists():
+        if looks_local:
+            raise CheckpointError(f"--model '{model}' does not exist; pass a model directory or a Hub id (org/name).")
+        return
+    if path.is_dir() and not (path / "config.json").is_file() and not gguf_file:
+        raise CheckpointError(
+            f"--model '{model}' holds no config.json; pass the directory written by save_pretrained, or a GGUF file "
+            "with --gguf-file."
+        )

@@ -11,21 +11,27 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from accelerate.utils import send_to_device
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import NumericalError
 from ..methods import PruningMethod
 from ..methods.wanda import wanda_scores
-from ..models import DecoderLayout, find_decoder_layout, find_prunable_linears, get_weight, set_weight
+from ..models import DecoderLayout, find_decoder_layout, find_prunable_linears
+from ..refinement import MaskRefiner
 from ..records import BlockRecord, LayerRecord
 from ..sparsity import InputStatistics, LayerSparsity, SparsityPattern, outlier_ratio
 from .capture import CapturedInputs, block_hidden_output, capture_block_inputs
+from .checkpointing import BlockCheckpoint
+from .distributed import all_reduce_sums, broadcast_, resolve_device
 from .hooks import ErrorMeter, StatisticsCollector, hessian_error
+from .offload import read_weight, write_weight
 
 __all__ = ["EngineOptions", "LayerwiseEngine", "Schedule"]
 
@@ -45,7 +51,11 @@ class EngineOptions:
         activation_device (`str`, *optional*): where calibration activations wait between blocks
             (``"cpu"`` keeps them off the accelerator); ``None`` leaves them where they were computed.
         ignore (`tuple[str, ...]`, *optional*): Linears whose name contains any of these stay dense.
+        refiner (`MaskRefiner`, *optional*): improves each method's mask using the Gram matrix.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar over blocks.
+        execution_device (`str`, *optional*): move each block to this device (``"cuda"``) for its passes and
+            back to where it was afterwards, so the accelerator holds one block at a time. Blocks placed by
+            accelerate hooks (a ``device_map``) run where their hooks say instead.
     """
 
     batch_size: int = 8
@@ -53,7 +63,9 @@ class EngineOptions:
     measure_error: bool = True
     activation_device: str | None = None
     ignore: tuple[str, ...] = ()
+    refiner: MaskRefiner | None = None
     progress: bool = True
+    execution_device: str | None = None
 
 
 def _block_device(block: nn.Module) -> torch.device | None:
@@ -84,20 +96,30 @@ class LayerwiseEngine:
             self.model, self.layout, input_ids, attention_mask, batch_size, self.options.activation_device
         )
 
+    def forward_blocks(self, captured: CapturedInputs) -> None:
+        """Run every block once over ``captured`` without pruning, as :meth:`prune` runs them (a timing baseline)."""
+        for index, block in enumerate(self.layout.blocks):
+            self._run_block(block, index, captured, None, keep_outputs=True)
+
     def outlier_ratios(self, captured: CapturedInputs, threshold: float) -> dict[str, float]:
         """OWL's outlier ratio of each block's Wanda scores, propagating dense activations."""
         ratios: dict[str, float] = {}
         for index, block in enumerate(self._progress(self.layout.blocks, "Measuring outliers")):
             linears = find_prunable_linears(block, self.options.ignore)
             collector = StatisticsCollector(linears, hessian=False)
-            try:
-                self._run_block(block, index, captured, collector, keep_outputs=True)
-            finally:
-                collector.remove()
-            scores = torch.cat(
-                [wanda_scores(get_weight(m).float(), collector.stats[n].norms.to(get_weight(m).device)).flatten()
-                 for n, m in linears.items() if n in collector.stats]
-            )
+            with self._placed(block):
+                try:
+                    self._run_block(block, index, captured, collector, keep_outputs=True)
+                finally:
+                    collector.remove()
+                _all_reduce(collector.stats)
+                scores = []
+                for n, m in linears.items():
+                    if n in collector.stats:
+                        norms = collector.stats[n].norms
+                        weight = read_weight(m, root=block, name=n).to(norms.device, torch.float32)
+                        scores.append(wanda_scores(weight, norms).flatten())
+            scores = torch.cat(scores)
             ratios[self.layout.block_name(index)] = outlier_ratio(scores, threshold)
         return ratios
 
@@ -107,27 +129,42 @@ class LayerwiseEngine:
         pattern: SparsityPattern,
         layer_sparsity: LayerSparsity,
         captured: CapturedInputs | None,
+        checkpoint: BlockCheckpoint | None = None,
     ) -> tuple[list[LayerRecord], list[BlockRecord]]:
-        """Prune every block; ``captured`` may be ``None`` only for methods that need no statistics."""
+        """Prune every block; ``captured`` may be ``None`` only for methods that need no statistics.
+
+        With a ``checkpoint``, blocks an earlier run finished are restored instead of pruned, and each block is
+        saved to it once done.
+        """
         layers: list[LayerRecord] = []
         blocks: list[BlockRecord] = []
+        done = checkpoint.completed_blocks() if checkpoint is not None else 0
+        if done:
+            layers, blocks = checkpoint.restore(self.layout, captured)
         for index, block in enumerate(self._progress(self.layout.blocks, "Pruning blocks")):
+            if index < done:
+                continue
             started = time.perf_counter()
             name = self.layout.block_name(index)
             sparsity = layer_sparsity[name]
             linears = find_prunable_linears(block, self.options.ignore)
-            if captured is None:
-                records = [self._prune_linear(method, index, n, m, None, sparsity, pattern)[0] for n, m in linears.items()]
-            elif self.options.schedule == "one-pass":
-                records = self._prune_block_one_pass(method, index, block, linears, captured, sparsity, pattern)
-            else:
-                records = self._prune_block_sequential(method, index, block, linears, captured, sparsity, pattern)
+            with self._placed(block):
+                if captured is None:
+                    records = [
+                        self._prune_linear(method, index, n, m, None, sparsity, pattern)[0] for n, m in linears.items()
+                    ]
+                elif self.options.schedule == "one-pass":
+                    records = self._prune_block_one_pass(method, index, block, linears, captured, sparsity, pattern)
+                else:
+                    records = self._prune_block_sequential(method, index, block, linears, captured, sparsity, pattern)
             layers.extend(records)
             blocks.append(_block_record(index, name, sparsity, records, time.perf_counter() - started))
+            if checkpoint is not None:
+                checkpoint.save_block(index, block, captured, layers, blocks)
         return layers, blocks
 
     def _prune_block_sequential(self, method, index, block, linears, captured, sparsity, pattern) -> list[LayerRecord]:
-        collector = StatisticsCollector(linears, hessian=method.needs == "hessian")
+        collector = StatisticsCollector(linears, hessian=self._needs_gram(method))
         try:
             self._run_block(block, index, captured, collector, keep_outputs=False)
         finally:
@@ -146,6 +183,7 @@ class LayerwiseEngine:
             if meter is not None:
                 meter.remove()
         if meter is not None:
+            _all_reduce_meter(meter)
             errors = meter.result()
             for name, record in zip(linears, records):
                 if name in errors:
@@ -159,16 +197,17 @@ class LayerwiseEngine:
             if name in records:
                 return
             stats.all_reduce()
-            weight = get_weight(module).detach().to(torch.float32, copy=True)
+            weight = read_weight(module, root=block, name=name).to(torch.float32, copy=True)
             record, delta = self._prune_linear(method, index, name, module, stats, sparsity, pattern)
             if record.reconstruction_error is None and delta is not None:
                 tokens = x.reshape(-1, x.shape[-1]).float()
-                reference = (tokens @ weight.to(tokens.device).t()).square().sum()
-                error = (tokens @ delta.to(tokens.device).t()).square().sum()
-                record.reconstruction_error = float(error / reference) if reference else 0.0
+                reference = float((tokens @ weight.to(tokens.device).t()).square().sum())
+                error = float((tokens @ delta.to(tokens.device).t()).square().sum())
+                error, reference = all_reduce_sums([error, reference])
+                record.reconstruction_error = error / reference if reference else 0.0
             records[name] = record
 
-        collector = StatisticsCollector(linears, hessian=method.needs == "hessian", on_input=prune_before_use)
+        collector = StatisticsCollector(linears, hessian=self._needs_gram(method), on_input=prune_before_use)
         try:
             self._run_block(block, index, captured, collector, keep_outputs=True)
         finally:
@@ -189,19 +228,28 @@ class LayerwiseEngine:
         pattern: SparsityPattern,
     ) -> tuple[LayerRecord, torch.Tensor | None]:
         full_name = f"{self.layout.block_name(index)}.{name}"
+        block = self.layout.blocks[index]
         started = time.perf_counter()
-        weight = get_weight(module).detach().to(torch.float32, copy=True)
-        if not torch.isfinite(weight).all():
+        weight = read_weight(module, root=block, name=name)
+        # Offloaded weights come from CPU RAM or disk; the math runs where the block's activations were.
+        device = stats.squared_sum.device if stats is not None else weight.device
+        weight = weight.to(device=device, dtype=torch.float32, copy=True)
+        if not _all_finite(weight):
             raise NumericalError(f"{full_name} has NaN or inf weights before pruning; check the model checkpoint.")
-        if stats is not None:
-            stats = _on_device(stats, weight.device)
+        if stats is not None and not torch.isfinite(stats.squared_norms).all():
+            raise NumericalError(
+                f"{full_name} received NaN or inf inputs in block {self.layout.block_name(index)} (an earlier layer "
+                "overflowed); load fp16 models in bfloat16 or float32, and check the weights before this Linear."
+            )
         try:
             result = method.prune(weight, stats, sparsity, pattern)
+            if self.options.refiner is not None and stats is not None:
+                result = self._refine(weight, result, stats, sparsity, pattern)
         except NumericalError as error:
             raise NumericalError(f"{full_name}: {error}") from error
-        set_weight(module, result.weight)
-        written = get_weight(module).detach()
-        delta = weight - written.float() if self.options.measure_error and stats is not None else None
+        broadcast_(result.weight)  # every process keeps the main process's result, bit for bit
+        written = write_weight(module, result.weight, root=block, name=name)
+        delta = weight - written.to(weight.device, torch.float32) if self.options.measure_error and stats is not None else None
         error = None
         if delta is not None and stats.gram is not None:
             error = hessian_error(delta, weight, stats.gram)
@@ -210,26 +258,62 @@ class LayerwiseEngine:
             block=index,
             shape=list(written.shape),
             requested_sparsity=sparsity if pattern.is_unstructured else float(pattern.implied_sparsity),
-            measured_sparsity=float((written == 0).float().mean()),
+            measured_sparsity=1.0 - int(torch.count_nonzero(written)) / written.numel(),
             reconstruction_error=error,
             seconds=time.perf_counter() - started,
             info=result.info,
         )
         return record, delta
 
+    def _needs_gram(self, method: PruningMethod) -> bool:
+        return method.needs == "hessian" or self.options.refiner is not None
+
+    def _refine(self, weight, result, stats, sparsity, pattern):
+        before = hessian_error(weight - result.weight, weight, stats.gram)
+        refined = self.options.refiner.refine(weight, result, stats, sparsity, pattern)
+        after = hessian_error(weight - refined.weight, weight, stats.gram)
+        refined.info = {**result.info, **refined.info, "error_before_refine": before, "error_after_refine": after}
+        return refined
+
+    @contextmanager
+    def _placed(self, block: nn.Module):
+        """With ``execution_device``: the block on that device for the body, then back where it was."""
+        device = resolve_device(self.options.execution_device)
+        if device is None or getattr(block, "_hf_hook", None) is not None:
+            yield
+            return
+        tensors = list(block.parameters()) + list(block.buffers())
+        if any(t.device.type == "meta" for t in tensors):
+            yield
+            return
+        # One tensor per original device; blocks are almost always on a single device.
+        home = tensors[0].device if tensors else device
+        block.to(device)
+        try:
+            yield
+        finally:
+            block.to(home)
+
     def _run_block(self, block, index, captured, hooks, keep_outputs: bool) -> None:
         device = _block_device(block)
+        moved: dict[int, tuple[tuple, dict]] = {}
         with torch.no_grad():
             for batch, hidden in enumerate(captured.hidden):
                 call = captured.calls[batch][index]
                 if hooks is not None:
                     hooks.token_mask = captured.token_masks[batch]
                 inputs = hidden if device is None else hidden.to(device)
-                output = block_hidden_output(block(inputs, *call.args, **call.kwargs))
+                args, kwargs = call.args, call.kwargs
+                if device is not None:
+                    # Masks, position ids and rotary embeddings were computed where the embeddings ran.
+                    if id(call) not in moved:
+                        moved[id(call)] = (send_to_device(call.args, device), send_to_device(call.kwargs, device))
+                    args, kwargs = moved[id(call)]
+                output = block_hidden_output(block(inputs, *args, **kwargs))
                 if isinstance(hooks, StatisticsCollector):
                     hooks.end_batch()
                 if keep_outputs:
-                    if not torch.isfinite(output).all():
+                    if not _all_finite(output):
                         raise NumericalError(
                             f"block {self.layout.block_name(index)} produced NaN or inf activations; for fp16 "
                             "models load in bfloat16 or float32."
@@ -240,17 +324,23 @@ class LayerwiseEngine:
         return tqdm(blocks, desc=description, unit="block", disable=not self.options.progress)
 
 
-def _on_device(stats: InputStatistics, device: torch.device) -> InputStatistics:
-    if stats.squared_sum.device == device:
-        return stats
-    moved = InputStatistics(stats.in_features, stats.gram is not None, device)
-    moved.merge(stats)
-    return moved
+def _all_finite(tensor: torch.Tensor) -> bool:
+    # A float32 sum is NaN/inf exactly when some element is (finite values would need to exceed 3e38),
+    # and costs far less than an elementwise isfinite over the whole tensor.
+    return bool(torch.isfinite(tensor.sum(dtype=torch.float32)))
 
 
 def _all_reduce(stats: dict[str, InputStatistics]) -> None:
     for unique in {id(s): s for s in stats.values()}.values():
         unique.all_reduce()
+
+
+def _all_reduce_meter(meter: ErrorMeter) -> None:
+    """Sum each process's reconstruction-error terms, so every process reports the error over all samples."""
+    names = list(meter.error)
+    sums = all_reduce_sums([meter.error[n] for n in names] + [meter.reference[n] for n in names])
+    meter.error = dict(zip(names, sums[: len(names)]))
+    meter.reference = dict(zip(names, sums[len(names) :]))
 
 
 def _block_record(index, name, sparsity, records, seconds) -> BlockRecord:

@@ -14,6 +14,7 @@ METHODS: Registry[type[PruningMethod]] = Registry(
         "magnitude": "hf_calibprune.methods.magnitude:Magnitude",
         "wanda": "hf_calibprune.methods.wanda:Wanda",
         "sparsegpt": "hf_calibprune.methods.sparsegpt:SparseGPT",
+        "ria": "hf_calibprune.methods.ria:RIA",
     },
     error=ConfigError,
 )

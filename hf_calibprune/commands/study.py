@@ -1,0 +1,78 @@
+"""``hf-calibprune study``: prune with every calibration choice of a grid, evaluate, tabulate and plot.
+
+```
+hf-calibprune study --model DIR --methods wanda --sparsity 0.5 --calibration c4,gsm8k,self \\
+    --formats plain,icl,cot --eval wikitext2,gsm8k --num-samples 32 --seq-len 256 --limit 16 \\
+    --data-dir ../shared/data --output study_out
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_parser", "run"]
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of names")
+    return names
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "study",
+        help="Compare calibration sources and formats: prune, evaluate, write CSV/markdown/plots.",
+        description=(
+            "Runs methods x calibration sources x formats (formats a source cannot take fall back to plain), "
+            "a fresh model per run, plus a dense baseline. Each run's result is cached in OUTPUT/runs/, so an "
+            "interrupted study resumes. Writes OUTPUT/results.csv, results.md, one PNG per metric and summary.txt."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="Model directory (or Hub id).")
+    parser.add_argument("--gguf-file", default=None, help="GGUF file inside --model to load (dequantized once).")
+    parser.add_argument("--methods", type=_names, default=("wanda",), help="Comma-separated methods (default: wanda).")
+    parser.add_argument("--sparsity", type=float, default=0.5, help="Target sparsity (default: 0.5).")
+    parser.add_argument("--pattern", default="unstructured", help="unstructured or N:M such as 2:4 (default: unstructured).")
+    parser.add_argument("--calibration", type=_names, default=("c4",), help="Comma-separated calibration sources.")
+    parser.add_argument("--formats", type=_names, default=("plain",), help="Comma-separated formats: plain,icl,cot,...")
+    parser.add_argument("--eval", type=_names, default=("wikitext2",), help="Comma-separated evaluation tasks.")
+    parser.add_argument("--num-samples", type=int, default=128, help="Calibration sequences per run (default: 128).")
+    parser.add_argument("--seq-len", type=int, default=2048, help="Calibration sequence length (default: 2048).")
+    parser.add_argument("--eval-seq-len", type=int, default=None, help="Perplexity window (default: --seq-len).")
+    parser.add_argument("--limit", type=int, default=None, help="Evaluation windows / examples per task.")
+    parser.add_argument("--seed", type=int, default=0, help="Calibration seed (default: 0).")
+    parser.add_argument("--batch-size", type=int, default=8, help="Evaluation batch size (default: 8).")
+    parser.add_argument("--data-dir", default=None, help="Local data mirror laid out as <source>/<files>.")
+    parser.add_argument("--output", required=True, help="Output directory.")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..study import StudySettings, run_study
+
+    settings = StudySettings(
+        model=args.model,
+        methods=args.methods,
+        sparsity=args.sparsity,
+        pattern=args.pattern,
+        calibration=args.calibration,
+        formats=args.formats,
+        eval=args.eval,
+        num_samples=args.num_samples,
+        seq_len=args.seq_len,
+        eval_seq_len=args.eval_seq_len,
+        limit=args.limit,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        gguf_file=args.gguf_file,
+        batch_size=args.batch_size,
+    )
+    result = run_study(settings, args.output)
+    print(result.files["markdown"].read_text(encoding="utf-8"))
+    print(f"pruned {result.pruned} run(s), reused {result.reused} cached run(s), {result.failed} failed; "
+          f"outputs in {args.output}")
+    return 1 if result.failed else 0

@@ -1,0 +1,253 @@
+"""Read and write a Linear's weight wherever accelerate keeps it: in memory, offloaded to CPU RAM, or on disk.
+
+Under accelerate's :class:`~accelerate.hooks.AlignDevicesHook` with ``offload=True`` a parameter is on the
+``meta`` device between forward passes and its value lives in the hook's ``weights_map``: a (prefixed) view
+of a state dict in CPU RAM, or of an :class:`~accelerate.utils.OffloadedWeightsLoader` index that points at
+``.dat`` memmaps or safetensors files on disk. Every forward re-reads the weight from that map, so a pruned
+weight written only to the onloaded parameter is silently lost (and a disk-offloaded one comes back dense).
+
+:func:`write_weight` therefore writes the onloaded parameter (when it is materialized) *and* the offload map:
+
+* CPU-offloaded: the tensor in the map's state dict is overwritten in place.
+* disk-offloaded: the pruned tensor goes to a **new** safetensors file in a private folder (inside the
+  model's offload folder when it has one), and the index entry is re-pointed at it. The files the index
+  pointed at before, often the user's own checkpoint (transformers offloads straight from it), are never
+  written. The folder is removed when the offload map is garbage collected or the process exits.
+
+Weights are returned and taken as ``[out_features, in_features]``, as :func:`hf_calibprune.models.get_weight`
+does (GPT-2's ``Conv1D`` stores the transpose).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..errors import ModelStructureError
+from ..models import get_weight, set_weight
+
+__all__ = ["WeightLocation", "locate_weight", "read_weight", "write_weight", "is_offloaded"]
+
+logger = logging.getLogger(__name__)
+
+Storage = Literal["memory", "cpu", "disk"]
+
+# id(OffloadedWeightsLoader) -> (weak reference to it, folder holding our rewritten tensors)
+_PRUNED_FOLDERS: dict[int, tuple[weakref.ref, Path]] = {}
+
+
+@dataclass(frozen=True)
+class WeightLocation:
+    """Where a Linear's weight lives.
+
+    Args:
+        storage (`str`): ``"memory"`` (a plain parameter, possibly placed by a hook), ``"cpu"`` (accelerate's
+            CPU-offload state dict) or ``"disk"`` (an offload index entry: a ``.dat`` memmap or a safetensors file).
+        mapping (`Mapping`, *optional*): the innermost offload map holding the value (``None`` for ``"memory"``).
+        key (`str`): the weight's key in ``mapping``.
+    """
+
+    storage: Storage
+    mapping: Any = None
+    key: str = ""
+
+
+def _hooks(module: nn.Module):
+    """The accelerate hooks attached to ``module`` (a ``SequentialHook`` unpacked)."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is None:
+        return []
+    return list(getattr(hook, "hooks", None) or [hook])
+
+
+def _offload_map(module: nn.Module, root: nn.Module | None, name: str) -> tuple[Any, str] | None:
+    """The offload ``weights_map`` and key of ``module.weight``, searching ``module`` then its ancestors up to ``root``.
+
+    Hooks placed with ``place_submodules=True`` (``preload_module_classes``) sit on an ancestor and key the
+    weight by its path below that ancestor.
+    """
+    candidates: list[tuple[nn.Module, str]] = [(module, "weight")]
+    if root is not None and name:
+        parts = name.split(".")
+        for depth in range(len(parts) - 1, -1, -1):
+            ancestor = root.get_submodule(".".join(parts[:depth])) if depth else root
+            candidates.append((ancestor, ".".join(parts[depth:] + ["weight"])))
+    for owner, key in candidates:
+        for hook in _hooks(owner):
+            weights_map = getattr(hook, "weights_map", None)
+            if getattr(hook, "offload", False) and weights_map is not None and _has_key(weights_map, key):
+                return weights_map, key
+    return None
+
+
+def _has_key(weights_map: Any, key: str) -> bool:
+    # ``key in PrefixedDataset`` goes through ``__getitem__``, which reads the tensor from disk: ask the innermost map.
+    inner, full_key = _innermost(weights_map, key)
+    if _is_loader(inner):
+        return full_key in inner.state_dict or full_key in inner.index
+    return full_key in inner
+
+
+def _is_loader(mapping: Any) -> bool:
+    """An accelerate ``OffloadedWeightsLoader`` (a state dict in RAM plus an index of files on disk)."""
+    return hasattr(mapping, "state_dict") and hasattr(mapping, "index")
+
+
+def _innermost(weights_map: Any, key: str) -> tuple[Any, str]:
+    """Unwrap accelerate's ``PrefixedDataset`` layers: the underlying mapping and the full key in it."""
+    while hasattr(weights_map, "dataset") and hasattr(weights_map, "prefix"):
+        key = f"{weights_map.prefix}{key}"
+        weights_map = weights_map.dataset
+    return weights_map, key
+
+
+def locate_weight(module: nn.Module, *, root: nn.Module | None = None, name: str = "") -> WeightLocation:
+    """Find where ``module.weight`` is kept.
+
+    Args:
+        module (`nn.Module`): a Linear or ``Conv1D``.
+        root (`nn.Module`, *optional*): an ancestor (the decoder block) whose hooks may own the weight.
+        name (`str`, *optional*): ``module``'s path below ``root`` (``"self_attn.q_proj"``).
+    """
+    found = _offload_map(module, root, name)
+    if found is None:
+        return WeightLocation("memory")
+    inner, full_key = _innermost(*found)
+    if _is_loader(inner):
+        storage: Storage = "cpu" if full_key in inner.state_dict else "disk"
+        return WeightLocation(storage, inner, full_key)
+    return WeightLocation("cpu", inner, full_key)
+
+
+def is_offloaded(module: nn.Module, *, root: nn.Module | None = None, name: str = "") -> bool:
+    """``True`` when the weight's value is kept in an accelerate offload map rather than the parameter."""
+    return locate_weight(module, root=root, name=name).storage != "memory"
+
+
+def _transposed(module: nn.Module) -> bool:
+    # Everything prunable that is not an nn.Linear is GPT-2's Conv1D, which stores [in, out].
+    return not isinstance(module, nn.Linear)
+
+
+def read_weight(module: nn.Module, *, root: nn.Module | None = None, name: str = "") -> torch.Tensor:
+    """The weight of ``module`` as ``[out_features, in_features]``, from wherever it lives.
+
+    A materialized parameter is returned as a view (do not modify it in place); an offloaded one is read from
+    the offload map (CPU RAM or disk) into a CPU tensor.
+
+    Raises:
+        :class:`~hf_calibprune.errors.ModelStructureError`: the weight is on ``meta`` and no accelerate hook
+            holds its value.
+    """
+    weight = module.weight
+    if weight.device.type != "meta":
+        return get_weight(module).detach()
+    location = locate_weight(module, root=root, name=name)
+    if location.storage == "memory":
+        raise ModelStructureError(
+            f"the weight of {name or type(module).__name__} is on the meta device and no accelerate offload hook "
+            "holds its value; load the model with from_pretrained(device_map=..., offload_folder=...) or "
+            "accelerate.dispatch_model instead of moving it to meta yourself."
+        )
+    value = location.mapping[location.key]
+    return value.t() if _transposed(module) else value
+
+
+def write_weight(
+    module: nn.Module, weight: torch.Tensor, *, root: nn.Module | None = None, name: str = ""
+) -> torch.Tensor:
+    """Write ``weight`` (``[out_features, in_features]``) into ``module`` so that it survives accelerate's hooks.
+
+    The materialized parameter (if any) and the offload map (if any) both receive the value, in the stored
+    dtype. Returns the value as stored (``[out_features, in_features]``, the module's dtype).
+    """
+    location = locate_weight(module, root=root, name=name)
+    stored = None
+    if module.weight.device.type != "meta":
+        set_weight(module, weight)
+        stored = get_weight(module).detach()
+    if location.storage == "memory":
+        if stored is None:
+            raise ModelStructureError(
+                f"cannot write the weight of {name or type(module).__name__}: it is on the meta device and no "
+                "accelerate offload hook holds its value."
+            )
+        return stored
+    value = weight.t() if _transposed(module) else weight
+    # The parameter keeps shape and dtype on meta, so the disk copy need not be read back for them.
+    value = value.detach().to(device="cpu", dtype=module.weight.dtype)
+    if tuple(value.shape) != tuple(module.weight.shape):
+        raise ModelStructureError(
+            f"pruned weight of {name or location.key} has shape {tuple(value.shape)}, the module's "
+            f"{tuple(module.weight.shape)}."
+        )
+    if location.storage == "cpu":
+        _write_cpu(location, location.mapping[location.key], value)
+    else:
+        _write_disk(location, value)
+    if stored is None:
+        stored = value.t() if _transposed(module) else value
+    return stored
+
+
+def _write_cpu(location: WeightLocation, current: torch.Tensor, value: torch.Tensor) -> None:
+    state_dict = location.mapping.state_dict if _is_loader(location.mapping) else location.mapping
+    if current.device.type == "cpu" and current.dtype == value.dtype and not current.is_inference():
+        # In place, so that every alias of the offloaded tensor (accelerate keeps one copy) sees the pruned value.
+        with torch.no_grad():
+            current.copy_(value)
+    elif isinstance(state_dict, MutableMapping):
+        state_dict[location.key] = value.contiguous()
+    else:
+        raise ModelStructureError(
+            f"cannot write {location.key}: accelerate's offload map is a read-only {type(state_dict).__name__}."
+        )
+
+
+def _write_disk(location: WeightLocation, value: torch.Tensor) -> None:
+    """A new safetensors file in our own folder, and the index entry re-pointed at it (never the old file)."""
+    from safetensors.torch import save_file
+
+    loader = location.mapping
+    folder = _pruned_folder(loader)
+    target = folder / f"{location.key}.safetensors"
+    partial = folder / f".{location.key}.safetensors.partial"
+    save_file({location.key: value.contiguous()}, str(partial))
+    os.replace(partial, target)
+    # A new dict: tied weights may share one index entry, and only this weight was pruned.
+    loader.index[location.key] = {
+        "safetensors_file": str(target),
+        "weight_name": location.key,
+        "dtype": str(value.dtype).removeprefix("torch."),
+    }
+    if location.key not in loader.all_keys:
+        loader.all_keys.append(location.key)
+
+
+def _pruned_folder(loader: Any) -> Path:
+    entry = _PRUNED_FOLDERS.get(id(loader))
+    if entry is not None and entry[0]() is loader:
+        return entry[1]
+    parent = getattr(loader, "save_folder", None)
+    if parent is not None:
+        os.makedirs(parent, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="hf_calibprune-pruned-", dir=parent))
+    _PRUNED_FOLDERS[id(loader)] = (weakref.ref(loader), folder)
+    weakref.finalize(loader, _remove_folder, id(loader), folder)
+    logger.info("Writing pruned disk-offloaded weights to %s (removed when the model is freed).", folder)
+    return folder
+
+
+def _remove_folder(key: int, folder: Path) -> None:
+    _PRUNED_FOLDERS.pop(key, None)
+    shutil.rmtree(folder, ignore_errors=True)

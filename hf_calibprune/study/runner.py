@@ -1,0 +1,192 @@
+"""Run a calibration study: prune a fresh model per grid cell, evaluate it, cache the result, resume.
+
+Each finished run is written to ``OUT/runs/<run id>.json`` (temporary sibling, then rename) before the
+next starts; the run id hashes every setting the numbers depend on, so a rerun with the same settings
+skips what is done and a changed setting runs again. Failed runs are not cached.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .._io import read_json, write_json_atomic
+from ..errors import CalibPruneError, CheckpointError
+from .grid import StudyPlan, StudyRun, StudySettings, plan_study, settings_to_dict
+from .outputs import write_outputs
+
+__all__ = ["StudyResult", "run_study"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyResult:
+    """What :func:`run_study` did.
+
+    Args:
+        records (`list[dict]`): one record per run (dense first), as cached in ``OUT/runs``.
+        plan (`StudyPlan`): the grid and its notes.
+        pruned (`int`): runs pruned and evaluated in this call.
+        reused (`int`): runs read back from the cache.
+        failed (`int`): runs that raised an error (not cached).
+        files (`dict[str, Path]`): the tables, plots and summary written.
+    """
+
+    records: list[dict[str, Any]]
+    plan: StudyPlan
+    pruned: int
+    reused: int
+    failed: int
+    files: dict[str, Path]
+
+
+class _ModelSource:
+    """Hands out a fresh model per run: reloaded from a directory, or copied from one dequantized GGUF load."""
+
+    def __init__(self, settings: StudySettings, loader: Callable[..., tuple[torch.nn.Module, Any]]) -> None:
+        self.settings = settings
+        self.loader = loader
+        self._pristine: torch.nn.Module | None = None
+        self.tokenizer: Any = None
+
+    def fresh(self) -> torch.nn.Module:
+        if self.settings.gguf_file is not None:
+            # Dequantizing a GGUF file takes long; do it once and copy the untouched weights per run.
+            if self._pristine is None:
+                self._pristine, self.tokenizer = self.loader(self.settings.model, gguf_file=self.settings.gguf_file)
+            return copy.deepcopy(self._pristine)
+        model, tokenizer = self.loader(self.settings.model)
+        if self.tokenizer is None:
+            self.tokenizer = tokenizer
+        return model
+
+
+def _read_cached(path: Path, run: StudyRun) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        record = read_json(path, "cached study run")
+    except CheckpointError as error:
+        logger.warning("Ignoring the unreadable cache file %s (%s); running it again.", path, error)
+        return None
+    if record.get("key") != run.key or record.get("status") != "ok":
+        return None
+    return record
+
+
+def _prune(model: torch.nn.Module, tokenizer: Any, run: StudyRun, settings: StudySettings) -> dict[str, Any]:
+    from ..calibration import CalibrationConfig
+    from ..config import PruningConfig
+    from ..pruner import CalibratedPruner
+
+    calibration = CalibrationConfig(sources=run.calibration, format=run.format, data_dir=settings.data_dir)
+    config = PruningConfig(
+        method=run.method,
+        sparsity=settings.sparsity,
+        pattern=settings.pattern,
+        calibration=calibration,
+        num_samples=settings.num_samples,
+        seq_len=settings.seq_len,
+        seed=settings.seed,
+    )
+    CalibratedPruner(config, tokenizer=tokenizer).prune(model)
+    report = model.pruning_report
+    return {
+        "overall_sparsity": report.overall_sparsity,
+        "prune_seconds": report.seconds,
+        "calibration_fingerprint": report.calibration,
+    }
+
+
+def run_study(
+    settings: StudySettings,
+    output_dir: str | os.PathLike,
+    *,
+    loader: Callable[..., tuple[torch.nn.Module, Any]] | None = None,
+) -> StudyResult:
+    """Run (or resume) the study described by ``settings`` and write its tables, plots and summary.
+
+    Args:
+        settings (`StudySettings`): the grid and evaluation.
+        output_dir (`str`): where ``runs/``, ``results.csv``, ``results.md``, ``*.png`` and ``summary.txt`` go.
+        loader (`Callable`, *optional*): ``loader(model, gguf_file=None) -> (model, tokenizer)``; defaults to
+            :func:`hf_calibprune.evaluation.load_model_and_tokenizer`.
+    """
+    from ..evaluation import evaluate_model, headline_metrics, parse_tasks
+
+    parse_tasks(list(settings.eval))  # unknown task names fail before any pruning
+    plan = plan_study(settings)
+    output = Path(output_dir)
+    runs_dir = output / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output / "study.json", {"settings": settings_to_dict(settings), "notes": plan.notes})
+    if loader is None:
+        from ..evaluation import load_model_and_tokenizer as loader
+    models = _ModelSource(settings, loader)
+
+    records: list[dict[str, Any]] = []
+    pruned = reused = failed = 0
+    for index, run in enumerate(plan.runs, start=1):
+        path = runs_dir / f"{run.run_id}.json"
+        cached = _read_cached(path, run)
+        if cached is not None:
+            reused += 1
+            records.append(cached)
+            logger.info("[%d/%d] %s: cached, skipped.", index, len(plan.runs), run.run_id)
+            continue
+        logger.info("[%d/%d] %s: %s", index, len(plan.runs), run.run_id, "evaluating the dense model" if run.is_dense else "pruning")
+        record: dict[str, Any] = {
+            "run_id": run.run_id,
+            "key": run.key,
+            "method": run.method,
+            "calibration": run.calibration,
+            "format": run.format,
+            "requested_format": run.requested_format,
+            "sparsity": 0.0 if run.is_dense else settings.sparsity,
+            "pattern": "-" if run.is_dense else settings.pattern,
+        }
+        model = None
+        try:
+            model = models.fresh()
+            if run.is_dense:
+                record.update(overall_sparsity=0.0, prune_seconds=0.0, calibration_fingerprint=None)
+            else:
+                record.update(_prune(model, models.tokenizer, run, settings))
+            started = time.perf_counter()
+            results = evaluate_model(
+                model,
+                models.tokenizer,
+                list(settings.eval),
+                data_dir=settings.data_dir,
+                limit=settings.limit,
+                seq_len=settings.eval_seq_len or settings.seq_len,
+                batch_size=settings.batch_size,
+            )
+            record.update(
+                status="ok",
+                eval_seconds=round(time.perf_counter() - started, 3),
+                metrics=headline_metrics(results),
+                results=results,
+            )
+            write_json_atomic(path, record)
+            pruned += 0 if run.is_dense else 1
+        except CalibPruneError as error:
+            failed += 1
+            record.update(status="error", error=str(error), metrics={})
+            logger.error("%s failed: %s", run.run_id, error)
+        finally:
+            del model
+            gc.collect()
+        records.append(record)
+    logger.info("Study: pruned %d run(s), reused %d cached run(s), %d failed.", pruned, reused, failed)
+    files = write_outputs(records, output, notes=plan.notes)
+    return StudyResult(records=records, plan=plan, pruned=pruned, reused=reused, failed=failed, files=files)

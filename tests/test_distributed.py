@@ -1,0 +1,92 @@
+"""Several real processes (gloo on CPU): sharded calibration, all-reduced statistics, identical weights, and a
+checkpoint written by the main process only, equal to the single-process one."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_tokenizer, tiny_model
+from hf_calibprune.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    tiny_model("llama", num_hidden_layers=2).save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return path
+
+
+def _prune_args(model_dir, calibration_file, output, *extra) -> list[str]:
+    return ["prune", "--model", str(model_dir), "--calibration", str(calibration_file), "--num-samples", "7",
+            "--seq-len", "32", "--batch-size", "2", "--sparsity", "0.5", "--output", str(output), "--no-progress",
+            *extra]
+
+
+def _launch(launcher: list[str], args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([*launcher, "-m", "hf_calibprune", *args], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def _torchrun(processes: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+            "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0"]
+
+
+def _assert_same_checkpoint(actual: Path, expected: Path) -> None:
+    got, want = load_file(actual / "model.safetensors"), load_file(expected / "model.safetensors")
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.equal(got[key] == 0, want[key] == 0), f"mask of {key} differs"
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=f"weights of {key} differ")
+    got_report = json.loads((actual / "pruning_report.json").read_text())
+    want_report = json.loads((expected / "pruning_report.json").read_text())
+    assert got_report["calibration"] == want_report["calibration"], "the report keeps the global fingerprint"
+    for got_layer, want_layer in zip(got_report["layers"], want_report["layers"], strict=True):
+        assert got_layer["measured_sparsity"] == want_layer["measured_sparsity"]
+        assert got_layer["reconstruction_error"] == pytest.approx(want_layer["reconstruction_error"], rel=1e-3, abs=1e-7)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--method", "sparsegpt"],
+        pytest.param(["--method", "wanda", "--schedule", "one-pass", "--allocation", "owl", "--owl-lambda", "0.05"],
+                     marks=pytest.mark.slow),
+    ],
+)
+def test_two_processes_prune_like_one(model_dir, calibration_file, tmp_path, extra):
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert cli_main(_prune_args(model_dir, calibration_file, single, *extra)) == 0
+    result = _launch(_torchrun(2), _prune_args(model_dir, calibration_file, sharded, *extra))
+    _assert_same_checkpoint(sharded, single)
+    # Rank 0 alone writes: a second writer would fail on the non-empty target or print twice.
+    assert result.stdout.count("Saved dense checkpoint") == 1
+    assert "Process 1 calibrates on samples 4-6 of 7" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["sharded", "single"]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_gives_the_single_process_checkpoint(model_dir, calibration_file, tmp_path):
+    single = tmp_path / "single"
+    assert cli_main(_prune_args(model_dir, calibration_file, single, "--method", "sparsegpt")) == 0
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
+    # --cpu: accelerate 1.x starts one process unless given an MPI hostfile; --multi_gpu starts two through
+    # torchrun, which use gloo on a machine without GPUs.
+    for name, flags in (("cpu", ["--cpu"]), ("multi", ["--multi_gpu"])):
+        launcher = [*accelerate, "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                    "--dynamo_backend", "no", *flags]
+        _launch(launcher, _prune_args(model_dir, calibration_file, tmp_path / name, "--method", "sparsegpt"))
+        _assert_same_checkpoint(tmp_path / name, single)
