@@ -71,8 +71,10 @@ def ensure_smollm2_importable(cache: Path) -> None:
     sys.path.insert(0, str(unpacked))
 
 
-def write_docs(result, command: str, settings, notes: list[str], seconds: float) -> None:
+def write_docs(result, command: str, settings) -> None:
     table = result.files["markdown"].read_text(encoding="utf-8")
+    # Summed from the cached runs, so a resumed study reports its whole cost.
+    seconds = sum(float(r.get("prune_seconds") or 0) + float(r.get("eval_seconds") or 0) for r in result.records)
     plot = result.files.get("plot:wikitext2/ppl")
     if plot is not None:
         shutil.copyfile(plot, REPO / "docs" / "calibration_study_wikitext2_ppl.png")
@@ -82,7 +84,8 @@ def write_docs(result, command: str, settings, notes: list[str], seconds: float)
             "## Calibration study: Wanda 50 % on SmolLM2-135M-Instruct, by calibration source and format",
             "",
             "The comparison of \"Is C4 Dataset Optimal for Pruning?\" (arXiv 2410.07461), rerun by `hf-calibprune study`",
-            f"on one CPU machine shared with other jobs (2 cores), {seconds / 60:.0f} minutes in all. Command:",
+            f"on one CPU machine shared with other jobs (2 cores, heavily loaded), {seconds / 60:.0f} minutes of pruning "
+            "and evaluation in all. Command:",
             "",
             "```bash",
             command,
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_docs:
         shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--write-docs"]
         command = " ".join(["python bench/calibration_study.py", *shown, "--write-docs"])
-        write_docs(result, command, settings, result.plan.notes, seconds)
+        write_docs(result, command, settings)
     return 1 if result.failed else 0
 
 

@@ -121,10 +121,10 @@ def _load_results(args: argparse.Namespace) -> dict[tuple[str, str, str], dict]:
     return {(r["method"], r["pattern"], r["refine"]): r for r in rows if r.get("settings") == _settings(args)}
 
 
-def markdown(results: list[dict], command: str, args: argparse.Namespace, seconds: float) -> str:
+def markdown(results: list[dict], command: str, args: argparse.Namespace) -> str:
     lines = [
-        f"Command: `{command}` ({seconds / 60:.1f} min in all on this machine: 2 shared CPU cores, torch "
-        f"{_torch_version()}, float32).",
+        f"Command: `{command}` (2 shared, heavily loaded CPU cores, torch {_torch_version()}, float32; prune "
+        "seconds are wall time under that load and compare only roughly).",
         "",
         f"SmolLM2-135M-Instruct, sparsity 0.5, calibration {args.num_samples} x {args.seq_len} tokens of C4 "
         f"(`{C4_FILE}`), sequential schedule. Perplexity on the first {args.ppl_windows} windows of "
@@ -190,14 +190,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--results", type=Path, help="JSON lines file: rows already there (same settings) are reused, new rows added."
     )
+    parser.add_argument("--table-only", action="store_true", help="Only build the table from --results rows.")
     args = parser.parse_args(argv)
     if not (args.data_dir / C4_FILE).is_file():
         print(f"calibration file {args.data_dir / C4_FILE} not found; set HF_CALIBPRUNE_DATA_DIR", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    results = run_all(args)
-    command = "python bench/refine_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    table = markdown(results, command.strip(), args, time.perf_counter() - started)
+    if args.table_only:
+        done = _load_results(args)
+        grid = [("dense", "-", "-")] + [
+            (m, p, r) for p in args.patterns for m in args.methods for r in args.refiners
+        ]
+        results = [done[key] for key in grid if key in done]
+    else:
+        results = run_all(args)
+    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--table-only", "--write-docs")]
+    command = "python bench/refine_benchmark.py " + " ".join(shown)
+    table = markdown(results, command.strip(), args)
+    print(f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
     print(table)
     if args.write_docs:
         print(f"wrote {write_docs(table)}")

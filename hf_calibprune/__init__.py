@@ -13,6 +13,7 @@ from __future__ import annotations
 from .calibration import CalibrationConfig
 from .config import PruningConfig
 from .errors import (
+    AcceleratorMemoryError,
     CalibPruneError,
     CalibrationError,
     CheckpointError,
@@ -21,15 +22,16 @@ from .errors import (
     NumericalError,
 )
 from .hub import load_pruning_info, push_to_hub, save_sparse
-from .hub import load_pruning_info, push_to_hub, save_sparse
+from .integrations import transformers_plugin as _transformers_plugin  # noqa: F401 - registers quant_method "hf_calibprune"
 from .pruner import CalibratedPruner
 from .report import PruningReport
 from .version import __version__
 
 __all__ = [
+    "AcceleratorMemoryError",
     "CalibPruneError",
-    "CalibrationConfig",
     "CalibratedPruner",
+    "CalibrationConfig",
     "CalibrationError",
     "CheckpointError",
     "ConfigError",
@@ -38,9 +40,6 @@ __all__ = [
     "PruningConfig",
     "PruningReport",
     "__version__",
-    "load_pruning_info",
-    "push_to_hub",
-    "save_sparse",
     "load_pruning_info",
     "push_to_hub",
     "save_sparse",

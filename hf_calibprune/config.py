@@ -8,7 +8,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ._io import read_json, write_json_atomic
 from .errors import ConfigError
@@ -63,6 +63,9 @@ class PruningConfig:
             activations. Blocks dispatched by accelerate (``device_map=...``) run where their hooks place them.
             Under ``accelerate launch``/``torchrun``, ``"cuda"`` means each process's own GPU.
     """
+
+    # Lets `from_pretrained(..., quantization_config=PruningConfig(...))` find our transformers plugin.
+    quant_method: ClassVar[str] = "hf_calibprune"
 
     method: str = "wanda"
     sparsity: float | None = None

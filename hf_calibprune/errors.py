@@ -13,6 +13,7 @@ __all__ = [
     "ModelStructureError",
     "CheckpointError",
     "NumericalError",
+    "AcceleratorMemoryError",
 ]
 
 
@@ -38,3 +39,7 @@ class CheckpointError(CalibPruneError):
 
 class NumericalError(CalibPruneError):
     """NaN/inf values or an unrecoverable ill-conditioned solve appeared while pruning."""
+
+
+class AcceleratorMemoryError(CalibPruneError, MemoryError):
+    """The accelerator ran out of memory while pruning; the message lists the settings that need less."""

@@ -6,13 +6,14 @@ source is one file plus one line in the table that names it.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 from typing import Any, Generic, Iterator, TypeVar
 
-from .errors import CalibPruneError
+from .errors import CalibPruneError, ConfigError
 
-__all__ = ["Registry", "suggest"]
+__all__ = ["Registry", "options_from_dict", "suggest"]
 
 T = TypeVar("T")
 
@@ -24,6 +25,26 @@ def suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:
         return ""
     original = next(c for c in choices if c.lower() == close[0])
     return f" Did you mean '{original}'?"
+
+
+def options_from_dict(owner: str, options_type: type, options: dict[str, Any] | None, argument: str) -> Any:
+    """Build an options dataclass from a plain dict, naming any unknown key with a did-you-mean.
+
+    Args:
+        owner (`str`): what takes the options, for the message (``"method 'sparsegpt'"``).
+        options_type (`type`): the dataclass.
+        options (`dict`, *optional*): the values.
+        argument (`str`): the config field that held them (``"method_options"``).
+    """
+    options = dict(options or {})
+    known = [f.name for f in dataclasses.fields(options_type)]
+    for key in options:
+        if key not in known:
+            raise ConfigError(
+                f"`{argument}` has '{key}', which {owner} does not take.{suggest(key, known)} "
+                f"Its options are: {', '.join(known) or 'none'}."
+            )
+    return options_type(**options)
 
 
 class Registry(Generic[T]):

@@ -12,7 +12,7 @@ import torch
 from conftest import TEXT, make_tokenizer, tiny_model
 from hf_calibprune import CalibPruneError, CalibratedPruner, PruningConfig, PruningReport
 from hf_calibprune.engine import EngineOptions, LayerwiseEngine
-from hf_calibprune.engine.checkpointing import AcceleratorMemoryError
+from hf_calibprune.errors import AcceleratorMemoryError
 from hf_calibprune.engine.hooks import StatisticsCollector
 from hf_calibprune.errors import NumericalError
 from hf_calibprune.methods import build_method

@@ -2,6 +2,7 @@
 and the pruned weights survive the hooks, saving and reloading, without touching the user's checkpoint."""
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,8 @@ from accelerate import cpu_offload, dispatch_model
 from transformers import AutoModelForCausalLM
 
 from conftest import make_tokenizer, tiny_model
-from hf_calibprune import CalibratedPruner, PruningConfig
+from hf_calibprune import CalibratedPruner, PruningConfig, save_sparse
 from hf_calibprune.engine.offload import locate_weight, read_weight, write_weight
-from hf_calibprune.hub import save_sparse
 from hf_calibprune.models import find_decoder_layout, find_prunable_linears
 
 LAYERS = 3
@@ -68,7 +68,7 @@ def _logits(model, ids) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("method", "schedule"), [("wanda", "sequential"), ("sparsegpt", "sequential"), ("sparsegpt", "one-pass")]
+    ("method", "schedule"), [("sparsegpt", "sequential"), pytest.param("sparsegpt", "one-pass", marks=pytest.mark.slow)]
 )
 def test_disk_and_cpu_offloaded_blocks_prune_like_in_memory(checkpoint, calibration_file, tmp_path, method, schedule):
     config = _config(calibration_file, method, schedule=schedule)
@@ -94,12 +94,15 @@ def test_disk_and_cpu_offloaded_blocks_prune_like_in_memory(checkpoint, calibrat
 
 def test_pruned_offloaded_weights_survive_save_and_reload(checkpoint, calibration_file, tmp_path):
     config = _config(calibration_file, "wanda")
-    expected = _weights(_pruned_in_memory(checkpoint, config))
+    reference = _pruned_in_memory(checkpoint, config)
+    expected = _weights(reference)
     before = _hashes(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint, device_map=_device_map(["disk", "cpu", "disk"]), offload_folder=tmp_path / "offload"
     )
     CalibratedPruner(config, tokenizer=make_tokenizer(), progress=False).prune(model)
+    ids = torch.randint(4, 99, (2, 16), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(_logits(model, ids), _logits(reference, ids), rtol=0, atol=0)
 
     save_sparse(model, tmp_path / "sparse", format="dense")
     model.save_pretrained(tmp_path / "plain")
@@ -108,13 +111,18 @@ def test_pruned_offloaded_weights_survive_save_and_reload(checkpoint, calibratio
     assert _hashes(checkpoint) == before
 
 
-def test_cpu_offload_state_dict_is_written_through(checkpoint, calibration_file):
+@pytest.mark.parametrize("preload", [None, ["LlamaDecoderLayer"]])
+def test_cpu_offload_state_dict_is_written_through(checkpoint, calibration_file, preload):
     # accelerate.cpu_offload keeps one CPU copy of every weight in the hooks' weights_map and nothing in the
-    # parameters: writing only the parameter would be lost at the next forward.
+    # parameters: writing only the parameter would be lost at the next forward. With preload_module_classes
+    # the hook (and the weight's key) sits on the decoder block, not on the Linear.
     config = _config(calibration_file, "sparsegpt")
     expected = _pruned_in_memory(checkpoint, config)
-    model = cpu_offload(AutoModelForCausalLM.from_pretrained(checkpoint), execution_device="cpu")
-    assert locate_weight(model.model.layers[1].mlp.down_proj).storage == "cpu"
+    model = cpu_offload(AutoModelForCausalLM.from_pretrained(checkpoint), execution_device="cpu",
+                        preload_module_classes=preload)
+    block = model.model.layers[1]
+    location = locate_weight(block.mlp.down_proj, root=block, name="mlp.down_proj")
+    assert location.storage == "cpu" and location.key.endswith("layers.1.mlp.down_proj.weight")
     CalibratedPruner(config, tokenizer=make_tokenizer(), progress=False).prune(model)
     _assert_identical(_weights(model), _weights(expected))
     ids = torch.randint(4, 99, (2, 16), generator=torch.Generator().manual_seed(2))
@@ -166,7 +174,7 @@ def test_conv1d_offloaded_weights_are_read_and_written_as_out_by_in(tmp_path):
 def test_execution_device_is_validated():
     from hf_calibprune.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="execution_device='gpu0' is not a torch device"):
+    with pytest.raises(ConfigError, match=r"execution_device=.gpu0.` is not a torch device"):
         PruningConfig(execution_device="gpu0")
 
 
@@ -190,3 +198,22 @@ def test_one_block_at_a_time_on_the_gpu(checkpoint, calibration_file):
     actual = _weights(model)
     agreement = sum(int(((actual[k] == 0) == (expected[k] == 0)).sum()) for k in expected)
     assert agreement / sum(v.numel() for v in expected.values()) > 0.99
+
+
+def test_cli_prunes_a_disk_offloaded_model(checkpoint, calibration_file, tmp_path):
+    from hf_calibprune.cli import main as cli_main
+
+    make_tokenizer().save_pretrained(tmp_path / "model")
+    model_dir = tmp_path / "model"
+    for path in checkpoint.iterdir():
+        (model_dir / path.name).write_bytes(path.read_bytes())
+    before = _hashes(model_dir)
+    common = ["prune", "--model", str(model_dir), "--calibration", str(calibration_file), "--num-samples", "6",
+              "--seq-len", "32", "--batch-size", "4", "--method", "wanda", "--no-progress"]
+    assert cli_main([*common, "--output", str(tmp_path / "dense")]) == 0
+    device_map = json.dumps(_device_map(["disk", "cpu", "disk"]))
+    assert cli_main([*common, "--device-map", device_map, "--offload-folder", str(tmp_path / "offload"),
+                     "--output", str(tmp_path / "offloaded")]) == 0
+    _assert_identical(_weights(AutoModelForCausalLM.from_pretrained(tmp_path / "offloaded")),
+                      _weights(AutoModelForCausalLM.from_pretrained(tmp_path / "dense")))
+    assert _hashes(model_dir) == before

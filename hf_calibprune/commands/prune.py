@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import logging
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--output", help="Directory to save the pruned checkpoint to.")
     parser.add_argument("--format", default="dense", choices=["dense", "compact"], help="Checkpoint format.")
     parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output.")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="Upload the pruned checkpoint to this Hub repo.")
+    parser.add_argument("--private", action="store_true", help="With --push-to-hub: create the repo private.")
+    parser.add_argument("--hub-token", help="With --push-to-hub: a Hub token (default: the usual login).")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     parser.add_argument(
         "--resume-dir",
@@ -124,12 +129,11 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import save_sparse
+    from ..hub import push_to_hub, save_sparse
     from ..hub.atomic import check_target
     from ..models.loading import load_model_and_tokenizer
-    from ..pruner import CalibratedPruner
-
     from ..engine.distributed import barrier, init_distributed, is_main_process
+    from ..pruner import CalibratedPruner
 
     config = config_from_args(args)
     init_distributed()  # under accelerate launch / torchrun: every process prunes, only the main one writes
@@ -140,21 +144,29 @@ def run(args: argparse.Namespace) -> int:
         args.model,
         dtype=args.dtype,
         gguf_file=args.gguf_file,
-        device_map=_device_map(getattr(args, "device_map", None)),
-        offload_folder=getattr(args, "offload_folder", None),
+        device_map=_device_map(args.device_map),
+        offload_folder=args.offload_folder,
     )
     CalibratedPruner(
-        config, tokenizer=tokenizer, progress=not args.no_progress, checkpoint_dir=getattr(args, "resume_dir", None)
+        config, tokenizer=tokenizer, progress=not args.no_progress, checkpoint_dir=args.resume_dir
     ).prune(model)
     if is_main_process():
         print(model.pruning_report.summary_table())
+        command = shlex.join(["hf-calibprune", *sys.argv[1:]])
         if args.output:
-            path = save_sparse(model, args.output, format=args.format, tokenizer=tokenizer, overwrite=args.overwrite)
+            path = save_sparse(
+                model, args.output, format=args.format, tokenizer=tokenizer, overwrite=args.overwrite, command=command
+            )
             print(f"Saved {args.format} checkpoint to {Path(path)}")
-            if getattr(args, "resume_dir", None):
+            if args.resume_dir:
                 from ..engine.checkpointing import remove_checkpoint
 
                 remove_checkpoint(args.resume_dir)
+        if args.push_to_hub:
+            source = Path(args.output) if args.output else model
+            push_to_hub(source, args.push_to_hub, private=args.private, token=args.hub_token, format=args.format,
+                        tokenizer=None if args.output else tokenizer)
+            print(f"Pushed to {args.push_to_hub}")
     barrier()
     return 0
 

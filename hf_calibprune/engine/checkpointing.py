@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .._io import read_json, write_json_atomic
-from ..errors import CalibPruneError, CheckpointError
+from ..errors import AcceleratorMemoryError, CheckpointError
 from ..models import DecoderLayout, find_prunable_linears, get_weight
 from ..records import BlockRecord, LayerRecord
 from .capture import CapturedInputs
@@ -40,7 +40,6 @@ from .distributed import barrier, is_main_process, process_index, world_size
 from .offload import read_weight, write_weight
 
 __all__ = [
-    "AcceleratorMemoryError",
     "BlockCheckpoint",
     "MANIFEST_NAME",
     "OUT_OF_MEMORY_ERRORS",
@@ -135,6 +134,15 @@ def model_fingerprint(model: nn.Module, layout: DecoderLayout) -> dict[str, Any]
         "first_block_sha256": digest.hexdigest(),
         "name_or_path": str(getattr(getattr(model, "config", None), "_name_or_path", "") or ""),
     }
+
+
+def _compact_values(config: dict[str, Any], limit: int = 256) -> dict[str, Any]:
+    """Long values (a list of calibration texts) by their hash: the manifest is rewritten after every block."""
+    compact = {}
+    for key, value in config.items():
+        text = json.dumps(value, sort_keys=True, default=str)
+        compact[key] = {"sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()} if len(text) > limit else value
+    return compact
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -256,7 +264,9 @@ class BlockCheckpoint:
 
     def __init__(self, directory: str | os.PathLike, fingerprint: dict[str, Any], num_blocks: int) -> None:
         self.directory = Path(directory)
-        self.fingerprint = json.loads(json.dumps({**fingerprint, "world_size": world_size()}, default=str))
+        config = _compact_values(fingerprint.get("config") or {})
+        fingerprint = {**fingerprint, "config": config, "world_size": world_size()}
+        self.fingerprint = json.loads(json.dumps(fingerprint, default=str))
         self.num_blocks = num_blocks
         #: Requested sparsity per block, saved with every block so that a rerun need not recompute OWL's ratios.
         self.layer_sparsity: dict[str, float] | None = None
@@ -276,7 +286,8 @@ class BlockCheckpoint:
                 f"{path} is not a hf_calibprune resume manifest ({_FORMAT}); pass another --resume-dir or delete it."
             )
         done = manifest.get("completed_blocks")
-        if manifest.get("num_blocks") != self.num_blocks or not isinstance(done, int) or not 0 < done <= self.num_blocks:
+        valid_count = isinstance(done, int) and 0 < done <= self.num_blocks
+        if manifest.get("num_blocks") != self.num_blocks or not valid_count:
             raise CheckpointError(
                 f"the resume checkpoint in {self.directory} was written for a model with {manifest.get('num_blocks')} "
                 f"decoder blocks (and records {done} finished), this model has {self.num_blocks}; delete the "
@@ -292,11 +303,12 @@ class BlockCheckpoint:
         saved_config, config = manifest["fingerprint"].get("config") or {}, self.fingerprint.get("config") or {}
         changed = [key for key in RESUMABLE_CONFIG_KEYS if saved_config.get(key) != config.get(key)]
         if changed:
+            before, after = {k: saved_config.get(k) for k in changed}, {k: config.get(k) for k in changed}
             logger.warning(
                 "Resuming %s with changed %s: finished blocks are kept, but the result may not be bit-identical to an "
                 "uninterrupted run.",
                 self.directory,
-                "; ".join(_dict_differences({k: saved_config.get(k) for k in changed}, {k: config.get(k) for k in changed})),
+                "; ".join(_dict_differences(before, after)),
             )
         return manifest
 
@@ -346,7 +358,9 @@ class BlockCheckpoint:
             layers = [LayerRecord(**record) for record in records.get("layers", [])]
             blocks = [BlockRecord(**record) for record in records.get("blocks", [])]
         except TypeError as error:
-            raise CheckpointError(f"the resume manifest's records are malformed ({error}); delete it to start over.") from error
+            raise CheckpointError(
+                f"the resume manifest's records are malformed ({error}); delete it to start over."
+            ) from error
         logger.info(
             "Resuming from %s: blocks 0-%d of %d restored, continuing at %s.",
             self.directory,
@@ -366,7 +380,9 @@ class BlockCheckpoint:
         tensors = _load_tensors(self.directory / name, f"the inputs of block {next_block}")
         saved = [tensors[f"hidden.{i}"] for i in range(len(tensors)) if f"hidden.{i}" in tensors]
         if len(saved) != len(tensors) or not saved:
-            raise CheckpointError(f"the saved activations in {self.directory / name} are malformed; delete it to start over.")
+            raise CheckpointError(
+                f"the saved activations in {self.directory / name} are malformed; delete it to start over."
+            )
         fresh = captured.hidden
         if [tuple(t.shape) for t in saved] != [tuple(t.shape) for t in fresh]:
             # Another batch_size: regroup the same samples (the order is the samples' order).
@@ -399,12 +415,15 @@ class BlockCheckpoint:
         activation_files = {}
         if captured is not None and index + 1 < self.num_blocks:
             name = _ACTIVATIONS_FILE.format(index + 1, process_index())
-            _save_tensors_atomic({f"hidden.{i}": _cpu_copy(h) for i, h in enumerate(captured.hidden)}, self.directory / name)
+            hidden = {f"hidden.{i}": _cpu_copy(h) for i, h in enumerate(captured.hidden)}
+            _save_tensors_atomic(hidden, self.directory / name)
             activation_files = {str(rank): _ACTIVATIONS_FILE.format(index + 1, rank) for rank in range(world_size())}
         barrier()
         if is_main_process():
             block_file = _BLOCK_FILE.format(index)
-            weights = {n: _cpu_copy(read_weight(m, root=block, name=n)) for n, m in find_prunable_linears(block).items()}
+            weights = {
+                n: _cpu_copy(read_weight(m, root=block, name=n)) for n, m in find_prunable_linears(block).items()
+            }
             _save_tensors_atomic(weights, self.directory / block_file)
             previous = self.manifest or {}
             manifest = {
@@ -440,10 +459,6 @@ class BlockCheckpoint:
 # --------------------------------------------------------------------------------------------------
 # Out of memory
 # --------------------------------------------------------------------------------------------------
-class AcceleratorMemoryError(CalibPruneError, MemoryError):
-    """The accelerator ran out of memory while pruning; the message lists the settings that need less."""
-
-
 def out_of_memory_error(
     error: BaseException,
     *,
@@ -458,14 +473,16 @@ def out_of_memory_error(
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     knobs = []
     if batch_size > 1:
-        knobs.append(f"fewer samples per block call: batch_size={max(1, batch_size // 2)} (--batch-size; now {batch_size})")
+        smaller = max(1, batch_size // 2)
+        knobs.append(f"fewer samples per block call: batch_size={smaller} (--batch-size; now {batch_size})")
     if schedule == "one-pass":
         knobs.append("schedule='sequential' (--schedule sequential): one-pass runs all samples as a single batch")
     if activation_device != "cpu":
         knobs.append("activations offloaded between blocks: activation_device='cpu' (--activation-device cpu)")
     knobs.append(
-        "one block at a time on the accelerator: load the model on the CPU, or with device_map='auto' and an "
-        "offload folder, so that only the block being pruned is on the accelerator"
+        "one block at a time on the accelerator: load the model on the CPU and pass execution_device='cuda' "
+        "(--execution-device cuda), or load it with device_map='auto' and an offload folder (--device-map auto "
+        "--offload-folder DIR)"
     )
     knobs.append(f"less calibration data: num_samples (now {num_samples}) or seq_len (now {seq_len})")
     resume = (

@@ -10,7 +10,10 @@ from torch import nn
 
 from ..sparsity import InputStatistics
 
-__all__ = ["StatisticsCollector", "ErrorMeter", "hessian_error"]
+__all__ = ["StatisticsCollector", "ErrorMeter", "ERROR_TOKEN_BUDGET", "hessian_error"]
+
+#: Tokens per block pass on which :class:`ErrorMeter` measures methods that gather no Gram matrix.
+ERROR_TOKEN_BUDGET = 4096
 
 
 def _tokens(x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
@@ -88,25 +91,39 @@ class StatisticsCollector(_HookSet):
 class ErrorMeter(_HookSet):
     """Measures ``‖WX − ŴX‖² / ‖WX‖²`` of pruned Linears as the block runs with pruned weights.
 
-    ``removed[name]`` is ``W − Ŵ`` as ``[out, in]``; the Linear's own output gives ``ŴX``.
+    ``removed[name]`` is ``W − Ŵ`` as ``[out, in]``, filled any time before that Linear runs; the Linear's own
+    output gives ``ŴX``, so each measured token costs one extra product with ``W − Ŵ``. To keep that cost small
+    next to the pass itself, only the first ``token_budget`` non-padding tokens of a pass are measured.
     """
 
-    def __init__(self, linears: dict[str, nn.Module], removed: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self, linears: dict[str, nn.Module], removed: dict[str, torch.Tensor], token_budget: int = ERROR_TOKEN_BUDGET
+    ) -> None:
         super().__init__()
         self.removed = removed
-        self.error = {name: 0.0 for name in removed}
-        self.reference = {name: 0.0 for name in removed}
-        for name in removed:
-            self._handles.append(linears[name].register_forward_hook(self._make_hook(name)))
+        self.token_budget = token_budget
+        self.error = {name: 0.0 for name in linears}
+        self.reference = {name: 0.0 for name in linears}
+        self.tokens = {name: 0 for name in linears}
+        for name, module in linears.items():
+            self._handles.append(module.register_forward_hook(self._make_hook(name)))
 
     def result(self) -> dict[str, float]:
-        return {name: self.error[name] / self.reference[name] if self.reference[name] else 0.0 for name in self.error}
+        return {
+            name: self.error[name] / self.reference[name] if self.reference[name] else 0.0
+            for name in self.error
+            if name in self.removed
+        }
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            x = _tokens(args[0], self.token_mask).float()
+            room = self.token_budget - self.tokens[name]
+            if name not in self.removed or room <= 0:
+                return
+            x = _tokens(args[0], self.token_mask)[:room].float()
+            self.tokens[name] += x.shape[0]
             delta = x @ self.removed[name].to(x.device).t()
-            pruned = _tokens(output, self.token_mask).float()
+            pruned = _tokens(output, self.token_mask)[:room].float()
             bias = getattr(module, "bias", None)
             if bias is not None:
                 pruned = pruned - bias.float()

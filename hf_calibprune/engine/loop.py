@@ -192,29 +192,32 @@ class LayerwiseEngine:
 
     def _prune_block_one_pass(self, method, index, block, linears, captured, sparsity, pattern) -> list[LayerRecord]:
         records: dict[str, LayerRecord] = {}
+        removed: dict[str, torch.Tensor] = {}
 
         def prune_before_use(name: str, module: nn.Module, stats: InputStatistics, x: torch.Tensor) -> None:
             if name in records:
                 return
             stats.all_reduce()
-            weight = read_weight(module, root=block, name=name).to(torch.float32, copy=True)
             record, delta = self._prune_linear(method, index, name, module, stats, sparsity, pattern)
             if record.reconstruction_error is None and delta is not None:
-                tokens = x.reshape(-1, x.shape[-1]).float()
-                reference = float((tokens @ weight.to(tokens.device).t()).square().sum())
-                error = float((tokens @ delta.to(tokens.device).t()).square().sum())
-                error, reference = all_reduce_sums([error, reference])
-                record.reconstruction_error = error / reference if reference else 0.0
+                removed[name] = delta
             records[name] = record
 
         collector = StatisticsCollector(linears, hessian=self._needs_gram(method), on_input=prune_before_use)
+        meter = ErrorMeter(linears, removed) if self.options.measure_error and not self._needs_gram(method) else None
         try:
-            self._run_block(block, index, captured, collector, keep_outputs=True)
+            self._run_block(block, index, captured, (collector, meter), keep_outputs=True)
         finally:
             collector.remove()
+            if meter is not None:
+                meter.remove()
         missing = [name for name in linears if name not in records]
         if missing:
             raise NumericalError(f"block {self.layout.block_name(index)}: Linears {missing} received no input.")
+        if meter is not None:
+            _all_reduce_meter(meter)
+            for name, error in meter.result().items():
+                records[name].reconstruction_error = error
         return [records[name] for name in linears]
 
     def _prune_linear(
@@ -295,13 +298,16 @@ class LayerwiseEngine:
             block.to(home)
 
     def _run_block(self, block, index, captured, hooks, keep_outputs: bool) -> None:
+        """Run ``block`` over every batch; ``hooks`` (one hook set, a tuple of them, or ``None``) see each batch's
+        padding mask."""
+        hook_sets = [h for h in (hooks if isinstance(hooks, tuple) else (hooks,)) if h is not None]
         device = _block_device(block)
         moved: dict[int, tuple[tuple, dict]] = {}
         with torch.no_grad():
             for batch, hidden in enumerate(captured.hidden):
                 call = captured.calls[batch][index]
-                if hooks is not None:
-                    hooks.token_mask = captured.token_masks[batch]
+                for hook_set in hook_sets:
+                    hook_set.token_mask = captured.token_masks[batch]
                 inputs = hidden if device is None else hidden.to(device)
                 args, kwargs = call.args, call.kwargs
                 if device is not None:
@@ -310,8 +316,9 @@ class LayerwiseEngine:
                         moved[id(call)] = (send_to_device(call.args, device), send_to_device(call.kwargs, device))
                     args, kwargs = moved[id(call)]
                 output = block_hidden_output(block(inputs, *args, **kwargs))
-                if isinstance(hooks, StatisticsCollector):
-                    hooks.end_batch()
+                for hook_set in hook_sets:
+                    if isinstance(hook_set, StatisticsCollector):
+                        hook_set.end_batch()
                 if keep_outputs:
                     if not _all_finite(output):
                         raise NumericalError(

@@ -20,9 +20,10 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+if TYPE_CHECKING:  # huggingface_hub's card module is slow to import: loaded when a card is built
+    from huggingface_hub import ModelCard, ModelCardData
 
 __all__ = [
     "START_MARKER",
@@ -215,6 +216,8 @@ def base_model_license(name_or_path: str | os.PathLike | None) -> str | None:
             readme = None
     if readme is None:
         return None
+    from huggingface_hub import ModelCard
+
     try:
         license_ = ModelCard.load(readme, ignore_metadata_errors=True).data.license
     except Exception:  # noqa: BLE001
@@ -235,6 +238,8 @@ def card_metadata(
     checkpoint_format: str | None = None,
 ) -> ModelCardData:
     """The YAML metadata of the card, from the report's measured values."""
+    from huggingface_hub import EvalResult, ModelCardData
+
     method = report.get("method")
     pattern = report.get("pattern")
     tags = ["pruned", "sparse", "hf_calibprune"]
@@ -450,6 +455,8 @@ def merge_model_card(existing: str | None, data: ModelCardData, section: str) ->
     because they come from the report. The user's text is kept; the old hf_calibprune section is replaced in
     place, or the new one appended.
     """
+    from huggingface_hub import ModelCard, ModelCardData
+
     if not existing or not existing.strip():
         return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{section}\n")
     old = ModelCard(existing, ignore_metadata_errors=True)

@@ -1,4 +1,4 @@
-"""Compact storage of pruned weights: pure pack / unpack functions (torch only).
+"""Compact storage of pruned weights: pure pack / unpack functions (torch; numpy's bit packing on CPU).
 
 Two layouts, both bit-exact (a weight comes back with the same bits, ``-0.0`` included):
 
@@ -14,8 +14,8 @@ Two layouts, both bit-exact (a weight comes back with the same bits, ``-0.0`` in
   4:8, so the 1-bit bitmask is used instead.
 
 Each layout is a ``dict[str, torch.Tensor]`` of *companions* stored beside the parameter's key, e.g.
-``model.layers.0.mlp.up_proj.weight_sparse_values``; :func:`encode_weight` picks the smallest encoding (dense
-when compaction would not pay), :func:`decode_weight` reverses it and checks every size, raising
+``model.layers.0.mlp.up_proj.weight_sparse_values``; :func:`encode_weight` picks one (N:M when the weight
+follows its pattern, else the bitmask, else ``None``: dense, when compaction would not pay), :func:`decode_weight` reverses it and checks every size, raising
 :class:`~hf_calibprune.errors.CheckpointError` on a missing or mismatched companion.
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..errors import CheckpointError
@@ -59,7 +60,6 @@ SUFFIXES = (VALUES, BITMASK, NM_INDICES, SHAPE, NM)
 
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _NM_MAX_M = 4  # 2-bit indices
-_MSB_FIRST = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
 def companion_key(key: str, suffix: str) -> str:
@@ -80,20 +80,27 @@ def nonzero_mask(weight: torch.Tensor) -> torch.Tensor:
 
     Comparing bits rather than values is what makes the round trip bit-exact for every float format.
     """
-    view = _INT_VIEW.get(weight.element_size())
-    if view is None:  # pragma: no cover - no such torch dtype today
-        raise CheckpointError(f"Cannot store a {weight.dtype} tensor compactly; save with format='dense'.")
-    return weight.contiguous().view(view) != 0
+    return _int_view(weight).view(weight.shape) != 0
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """Pack a flat boolean tensor into ``uint8``, 8 per byte, most significant bit first (``np.packbits``)."""
+    if bits.device.type == "cpu":
+        return torch.from_numpy(np.packbits(bits.reshape(-1).numpy()))
+    return _pack_bits_torch(bits)
+
+
+def _pack_bits_torch(bits: torch.Tensor) -> torch.Tensor:
+    """:func:`pack_bits` with torch ops only, for tensors on an accelerator."""
     flat = bits.reshape(-1).to(torch.uint8)
     pad = (-flat.numel()) % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = _MSB_FIRST.to(flat.device)
-    return (flat.view(-1, 8) * weights).sum(dim=1, dtype=torch.int32).to(torch.uint8)
+    octets = flat.view(-1, 8)
+    packed = octets[:, 0] << 7
+    for j in range(1, 8):
+        packed |= octets[:, j] << (7 - j)
+    return packed
 
 
 def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
@@ -104,9 +111,31 @@ def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
         raise CheckpointError(
             f"A bitmask for {count} elements needs {math.ceil(count / 8)} bytes, the checkpoint has {packed.numel()}."
         )
+    if packed.device.type == "cpu":
+        return torch.from_numpy(np.unpackbits(packed.numpy(), count=count).view(np.bool_))
+    return _unpack_bits_torch(packed, count)
+
+
+def _unpack_bits_torch(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """:func:`unpack_bits` with torch ops only, for tensors on an accelerator."""
     shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
     bits = (packed.unsqueeze(1) >> shifts) & 1
     return bits.reshape(-1)[:count].bool()
+
+
+def _int_view(weight: torch.Tensor) -> torch.Tensor:
+    view = _INT_VIEW.get(weight.element_size())
+    if view is None:  # pragma: no cover - no such torch dtype today
+        raise CheckpointError(f"Cannot store a {weight.dtype} tensor compactly; save with format='dense'.")
+    return weight.detach().contiguous().view(view).reshape(-1)
+
+
+def _bitmask_from_bits(weight: torch.Tensor, raw: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    if raw.device.type == "cpu":  # numpy's boolean indexing is several times faster than torch's on CPU
+        values = torch.from_numpy(raw.numpy()[mask.numpy()]).view(weight.dtype)
+    else:
+        values = raw[mask].view(weight.dtype)
+    return {BITMASK: pack_bits(mask), VALUES: values, SHAPE: torch.tensor(list(weight.shape), dtype=torch.int64)}
 
 
 def pack_bitmask(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -116,12 +145,8 @@ def pack_bitmask(weight: torch.Tensor) -> dict[str, torch.Tensor]:
         `dict[str, torch.Tensor]`: ``{"_sparse_bitmask": uint8 [ceil(numel / 8)], "_sparse_values": [kept],
         "_sparse_shape": int64 [ndim]}``.
     """
-    mask = nonzero_mask(weight).reshape(-1)
-    return {
-        BITMASK: pack_bits(mask),
-        VALUES: weight.reshape(-1)[mask].clone(),
-        SHAPE: torch.tensor(list(weight.shape), dtype=torch.int64),
-    }
+    raw = _int_view(weight)
+    return _bitmask_from_bits(weight, raw, raw != 0)
 
 
 def unpack_bitmask(bitmask: torch.Tensor, values: torch.Tensor, shape: list[int] | tuple[int, ...]) -> torch.Tensor:
@@ -135,8 +160,60 @@ def unpack_bitmask(bitmask: torch.Tensor, values: torch.Tensor, shape: list[int]
             "is corrupted or its tensors come from different saves. Save it again."
         )
     out = values.new_zeros(count)
-    out[mask.to(values.device)] = values
+    out.masked_scatter_(mask.to(values.device), values)  # fills the set positions in row-major order
     return out.view(*shape)
+
+
+def _select(raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``raw[mask]`` (row-major order); numpy's boolean indexing is several times faster than torch's on CPU."""
+    if raw.device.type == "cpu":
+        return torch.from_numpy(raw.numpy()[mask.numpy()])
+    return raw[mask]
+
+
+def _n_m_tables(n: int, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lookup tables over group codes (bit ``j`` set: element ``j`` of the group is non-zero), ``2**m`` rows each.
+
+    Returns ``valid`` (at most ``n`` non-zeros), ``stored`` (the ``n`` positions kept: the non-zero ones plus, for
+    a group with fewer, the lowest free ones, as an ``m``-wide mask) and ``positions`` (those ``n`` positions in
+    increasing order). Tables replace a per-group sort.
+    """
+    valid, stored, positions = [], [], []
+    for code in range(2**m):
+        kept = [j for j in range(m) if code >> j & 1]
+        chosen = sorted((kept + [j for j in range(m) if j not in kept])[:n]) if len(kept) <= n else list(range(n))
+        valid.append(len(kept) <= n)
+        stored.append([j in chosen for j in range(m)])
+        positions.append(chosen)
+    return torch.tensor(valid), torch.tensor(stored), torch.tensor(positions, dtype=torch.uint8)
+
+
+def _group_codes(kept: torch.Tensor) -> torch.Tensor:
+    """``[..., m]`` booleans -> ``[...]`` int32 codes, bit ``j`` for element ``j`` (int32 indexes tables directly)."""
+    codes = kept[..., 0].to(torch.int32)
+    for j in range(1, kept.shape[-1]):
+        codes |= kept[..., j].to(torch.int32) << j
+    return codes
+
+
+def _pack_2bit(values: torch.Tensor) -> torch.Tensor:
+    """Flat uint8 values in [0, 4) -> 4 per byte, the first in the lowest bits (numpy's uint8 ops on CPU)."""
+    pad = (-values.numel()) % 4
+    if pad:
+        values = torch.cat([values, values.new_zeros(pad)])
+    if values.device.type == "cpu":
+        q = values.numpy().reshape(-1, 4)
+        return torch.from_numpy(q[:, 0] | (q[:, 1] << 2) | (q[:, 2] << 4) | (q[:, 3] << 6))
+    q = values.view(-1, 4)
+    return q[:, 0] | (q[:, 1] << 2) | (q[:, 2] << 4) | (q[:, 3] << 6)
+
+
+def _unpack_2bit(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """Inverse of :func:`_pack_2bit`: the first ``count`` values."""
+    if packed.device.type == "cpu":
+        p = packed.numpy()
+        return torch.from_numpy(np.stack([(p >> s) & 3 for s in (0, 2, 4, 6)], axis=1).reshape(-1)[:count])
+    return torch.stack([(packed >> s) & 3 for s in (0, 2, 4, 6)], dim=1).reshape(-1)[:count]
 
 
 def is_n_m(weight: torch.Tensor, n: int, m: int) -> bool:
@@ -151,7 +228,7 @@ def pack_n_m(weight: torch.Tensor, n: int, m: int) -> dict[str, torch.Tensor]:
     """Encode an N:M-sparse 2-D ``weight`` (groups along the last dim) as dense kept values and 2-bit indices.
 
     Groups with fewer than ``n`` non-zeros keep some zeros (their positions are the lowest free ones), so
-    every group stores exactly ``n`` values.
+    every group stores exactly ``n`` values, in increasing position order.
 
     Args:
         weight (`torch.Tensor`): ``[rows, cols]`` with ``cols % m == 0`` and at most ``n`` non-zero bits per group.
@@ -160,27 +237,24 @@ def pack_n_m(weight: torch.Tensor, n: int, m: int) -> dict[str, torch.Tensor]:
     Returns:
         `dict[str, torch.Tensor]`: ``{"_sparse_values": [rows, cols // m * n], "_sparse_nm_indices": uint8
         [ceil(rows * cols // m * n / 4)], "_sparse_shape": int64 [2], "_sparse_nm": int64 [n, m]}``.
+
+    Raises:
+        :class:`~hf_calibprune.errors.CheckpointError`: ``m > 4``, or the weight is not ``n:m`` sparse.
     """
-    if m > _NM_MAX_M:
-        raise CheckpointError(f"2-bit N:M indices hold M <= {_NM_MAX_M}; got {n}:{m}. Use pack_bitmask instead.")
-    if not is_n_m(weight, n, m):
-        raise CheckpointError(f"The weight of shape {list(weight.shape)} is not {n}:{m} sparse.")
+    if m > _NM_MAX_M or not 0 < n < m:
+        raise CheckpointError(f"2-bit N:M indices hold 0 < N < M <= {_NM_MAX_M}; got {n}:{m}. Use pack_bitmask instead.")
+    if weight.dim() != 2 or weight.shape[-1] % m:
+        raise CheckpointError(f"A {n}:{m} weight must be 2-D with columns divisible by {m}, got {list(weight.shape)}.")
     rows, cols = weight.shape
-    groups = weight.reshape(rows, cols // m, m)
-    kept = nonzero_mask(weight).view(rows, cols // m, m)
-    # Non-zeros first, then the lowest positions: n positions per group, returned in increasing order.
-    order_key = (~kept).to(torch.int64) * m + torch.arange(m, device=weight.device)
-    index = order_key.topk(n, dim=-1, largest=False).values % m
-    index, _ = index.sort(dim=-1)
-    values = groups.gather(-1, index).reshape(rows, cols // m * n)
-    flat = index.reshape(-1).to(torch.uint8)
-    pad = (-flat.numel()) % 4
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    quads = flat.view(-1, 4)
-    packed = quads[:, 0] | (quads[:, 1] << 2) | (quads[:, 2] << 4) | (quads[:, 3] << 6)
+    raw = _int_view(weight)
+    codes = _group_codes((raw != 0).view(rows, cols // m, m))
+    valid, stored, positions = (t.to(weight.device) for t in _n_m_tables(n, m))
+    if not bool(valid[codes].all()):
+        raise CheckpointError(f"The weight of shape {list(weight.shape)} is not {n}:{m} sparse.")
+    values = _select(raw, stored[codes].reshape(-1)).view(weight.dtype).view(rows, cols // m * n)
+    packed = _pack_2bit(positions[codes].reshape(-1))
     return {
-        VALUES: values.clone(),
+        VALUES: values,
         NM_INDICES: packed,
         SHAPE: torch.tensor([rows, cols], dtype=torch.int64),
         NM: torch.tensor([n, m], dtype=torch.int64),
@@ -190,7 +264,7 @@ def pack_n_m(weight: torch.Tensor, n: int, m: int) -> dict[str, torch.Tensor]:
 def unpack_n_m(
     values: torch.Tensor, indices: torch.Tensor, shape: list[int] | tuple[int, ...], n: int, m: int
 ) -> torch.Tensor:
-    """Inverse of :func:`pack_n_m`; raises :class:`CheckpointError` when the sizes disagree."""
+    """Inverse of :func:`pack_n_m`; raises :class:`CheckpointError` when the sizes or indices disagree."""
     if len(shape) != 2 or not 0 < n < m <= _NM_MAX_M or shape[1] % m:
         raise CheckpointError(f"Invalid N:M record: shape {list(shape)} with pattern {n}:{m}.")
     rows, cols = shape
@@ -205,13 +279,19 @@ def unpack_n_m(
             f"A {n}:{m} weight of shape {list(shape)} needs {math.ceil(count / 4)} uint8 index bytes, the checkpoint "
             f"has {indices.numel()} {indices.dtype}. Save it again."
         )
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=indices.device)
-    index = ((indices.unsqueeze(1) >> shifts) & 3).reshape(-1)[:count].to(torch.int64)
-    index = index.view(rows, cols // m, n)
-    if index.numel() and int(index.max()) >= m:
-        raise CheckpointError(f"An index of the {n}:{m} weight points outside its group of {m}. Save it again.")
+    slots = _unpack_2bit(indices, count).view(rows, cols // m, n).to(torch.int32)
+    increasing = bool((slots[..., 1:] > slots[..., :-1]).all()) if n > 1 else True
+    if not increasing or (slots.numel() and int(slots.max()) >= m):
+        raise CheckpointError(
+            f"The {n}:{m} indices of a weight of shape {list(shape)} repeat, go out of order or point outside their "
+            f"group of {m}: the checkpoint is corrupted. Save it again."
+        )
+    codes = torch.zeros(rows, cols // m, dtype=torch.int32, device=indices.device)
+    for j in range(n):
+        codes |= 1 << slots[..., j]
+    stored = _n_m_tables(n, m)[1].to(indices.device)
     out = values.new_zeros(rows, cols // m, m)
-    out.scatter_(-1, index.to(values.device), values.view(rows, cols // m, n))
+    out.masked_scatter_(stored[codes].to(values.device), values)  # positions in increasing order, row-major
     return out.view(rows, cols)
 
 
@@ -232,15 +312,20 @@ def encode_weight(weight: torch.Tensor, n_m: tuple[int, int] | None = None) -> d
         return None
     weight = weight.detach().contiguous()
     dense_nbytes = weight.numel() * weight.element_size()
-    if n_m is not None and n_m[1] <= _NM_MAX_M and weight.dim() == 2 and is_n_m(weight, *n_m):
+    if n_m is not None and n_m[1] <= _NM_MAX_M and weight.dim() == 2 and weight.shape[-1] % n_m[1] == 0:
         # Same size as the bitmask for 2:4 (one index bit per element), in the layout sparse kernels use.
-        encoded = pack_n_m(weight, *n_m)
-        if encoded_nbytes(encoded) < dense_nbytes:
+        try:
+            encoded = pack_n_m(weight, *n_m)
+        except CheckpointError:  # the weight does not follow its pattern (e.g. -0.0 kept): use the bitmask
+            encoded = None
+        if encoded is not None and encoded_nbytes(encoded) < dense_nbytes:
             return encoded
     # The bitmask pays when kept * itemsize + numel / 8 < numel * itemsize.
-    kept = int(nonzero_mask(weight).sum())
+    raw = _int_view(weight)
+    mask = raw != 0
+    kept = int(mask.sum())
     if kept * weight.element_size() + math.ceil(weight.numel() / 8) + 8 * weight.dim() < dense_nbytes:
-        return pack_bitmask(weight)
+        return _bitmask_from_bits(weight, raw, mask)
     return None
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.core_model_loading import ConversionOps, _IdentityOp
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 from transformers.utils.quantization_config import QuantizationConfigMixin
@@ -80,7 +81,7 @@ class CompactSparseConfig(QuantizationConfigMixin):
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
 
-class SparseDecompress:
+class SparseDecompress(ConversionOps):
     """Load operation: rebuild dense weights from compact companions (any other weight passes through).
 
     transformers hands it the tensors collected for one parameter, keyed by the serialized names
@@ -133,22 +134,9 @@ class SparseDecompress:
         return out
 
     @property
-    def reverse_op(self) -> Any:
-        from transformers.core_model_loading import _IdentityOp
-
+    def reverse_op(self) -> ConversionOps:
+        # Saving writes the dense weights the model holds (the quantizer is gone by then anyway).
         return _IdentityOp()
-
-
-def _as_conversion_op(cls: type) -> type:
-    """Make ``cls`` a subclass of transformers' ``ConversionOps`` when that base exists (it is what loaders check)."""
-    try:
-        from transformers.core_model_loading import ConversionOps
-    except ImportError:  # pragma: no cover - older transformers
-        return cls
-    return type(cls.__name__, (cls, ConversionOps), {"__module__": cls.__module__, "__doc__": cls.__doc__})
-
-
-SparseDecompress = _as_conversion_op(SparseDecompress)  # type: ignore[misc]
 
 
 def _check_compact_files(checkpoint_files: list[str] | None) -> None:
@@ -265,9 +253,6 @@ class CalibPruneQuantizer(HfQuantizer):
         finally:
             self.remove_quantization_config(model)
             model.config.__dict__.pop("transformers_weights", None)
-            for sub_config in (getattr(model.config, "get_text_config", lambda **_: None)(decoder=True),):
-                if sub_config is not None and sub_config is not model.config:
-                    sub_config.__dict__.pop("quantization_config", None)
         return model
 
     def _prune(self, model: Any) -> None:

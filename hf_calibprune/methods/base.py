@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 
-from ..errors import ConfigError
-from ..registry import suggest
+from ..registry import options_from_dict
 from ..sparsity import InputStatistics, SparsityPattern
 
 __all__ = ["PruningMethod", "PruneResult", "StatisticsNeed"]
@@ -51,15 +49,7 @@ class PruningMethod(ABC):
     @classmethod
     def from_options(cls, options: dict[str, Any] | None) -> PruningMethod:
         """Build from a plain dict, with an error naming any unknown option."""
-        options = dict(options or {})
-        known = [f.name for f in dataclasses.fields(cls.Options)]
-        for key in options:
-            if key not in known:
-                raise ConfigError(
-                    f"`method_options` has '{key}', which method '{cls.name}' does not take.{suggest(key, known)} "
-                    f"Its options are: {', '.join(known) or 'none'}."
-                )
-        return cls(cls.Options(**options))
+        return cls(options_from_dict(f"method '{cls.name}'", cls.Options, options, "method_options"))
 
     @abstractmethod
     def prune(

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .._io import read_json, write_json_atomic
+from .._io import read_json
 from ..errors import CheckpointError
 from .masks import SparsityMaskError, extract_masks
 from .train import RecoveryRecord, recover
@@ -84,18 +84,6 @@ def _checkpoint_dtype(pruned_dir: Path) -> torch.dtype | None:
     return value if isinstance(value, torch.dtype) else None
 
 
-def _find_save_sparse():
-    import hf_calibprune
-
-    save_sparse = getattr(hf_calibprune, "save_sparse", None)
-    if save_sparse is None:
-        try:
-            from ..hub.saving import save_sparse
-        except ImportError:
-            return None
-    return save_sparse
-
-
 def _save(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -104,21 +92,11 @@ def _save(
     config: dict[str, Any] | None,
     report: dict[str, Any] | None,
 ) -> None:
-    save_sparse = _find_save_sparse()
-    if save_sparse is not None:
-        # save_sparse writes model.pruning_config / model.pruning_report beside the weights, in the same atomic move.
-        model.pruning_config, model.pruning_report = config, report
-        save_sparse(model, output_dir, format="dense", tokenizer=tokenizer, overwrite=overwrite)
-        return
-    from ..hub.atomic import atomic_directory
+    from ..hub import save_sparse
 
-    with atomic_directory(output_dir, overwrite=overwrite) as temporary:
-        model.save_pretrained(str(temporary))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(temporary))
-        for name, data in ((CONFIG_NAME, config), (REPORT_NAME, report)):
-            if data is not None:
-                write_json_atomic(temporary / name, data)
+    # save_sparse writes model.pruning_config / model.pruning_report beside the weights, in one atomic rename.
+    model.pruning_config, model.pruning_report = config, report
+    save_sparse(model, output_dir, format="dense", tokenizer=tokenizer, overwrite=overwrite)
 
 
 def recover_checkpoint(

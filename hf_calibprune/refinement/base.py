@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
 
-from ..errors import ConfigError
 from ..methods.base import PruneResult
-from ..registry import suggest
+from ..registry import options_from_dict
 from ..sparsity import InputStatistics, SparsityPattern
 
 __all__ = ["MaskRefiner"]
@@ -31,15 +29,8 @@ class MaskRefiner(ABC):
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | None) -> MaskRefiner:
-        options = dict(options or {})
-        known = [f.name for f in dataclasses.fields(cls.Options)]
-        for key in options:
-            if key not in known:
-                raise ConfigError(
-                    f"`refine_options` has '{key}', which refiner '{cls.name}' does not take.{suggest(key, known)} "
-                    f"Its options are: {', '.join(known) or 'none'}."
-                )
-        return cls(cls.Options(**options))
+        """Build from a plain dict, with an error naming any unknown option."""
+        return cls(options_from_dict(f"refiner '{cls.name}'", cls.Options, options, "refine_options"))
 
     @abstractmethod
     def refine(

@@ -104,6 +104,17 @@ def summarize(records: Sequence[dict[str, Any]], notes: Sequence[str] = ()) -> s
         if dense is not None and metric in dense.get("metrics", {}):
             text += f"; dense = {dense['metrics'][metric]:.4f}"
         lines.append(text + ".")
+    by_tokens: dict[str, list[str]] = {}
+    for record in pruned:
+        digest = (record.get("calibration_fingerprint") or {}).get("token_sha256")
+        if digest:
+            by_tokens.setdefault(f"{record['method']}:{digest}", []).append(f"{record['calibration']} ({record['format']})")
+    for key, names in by_tokens.items():
+        if len(names) > 1:
+            lines.append(
+                f"{' and '.join(names)} calibrated on identical tokens (sha256 {key.split(':', 1)[1][:12]}), "
+                "so their rows measure the same pruned model."
+            )
     failed = [r for r in records if r.get("status") != "ok"]
     for record in failed:
         lines.append(f"{record['run_id']} failed: {record.get('error', 'unknown error')}")

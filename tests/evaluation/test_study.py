@@ -84,7 +84,9 @@ def test_summary_names_the_best_choice_per_metric():
         {"run_id": "a", "method": "wanda", "calibration": "c4", "format": "plain", "status": "ok", "metrics": {"w/ppl": 12.0, "g/acc": 0.2}},
         {"run_id": "b", "method": "wanda", "calibration": "gsm8k", "format": "icl", "status": "ok", "metrics": {"w/ppl": 13.0, "g/acc": 0.4}},
     ]
+    records[1]["calibration_fingerprint"] = records[2]["calibration_fingerprint"] = {"token_sha256": "ab" * 32}
     text = summarize(records)
+    assert "c4 (plain) and gsm8k (icl) calibrated on identical tokens" in text
     assert "w/ppl: best calibration c4 (plain, wanda) = 12.0000" in text
     assert "g/acc: best calibration gsm8k (icl, wanda) = 0.4000" in text
 

@@ -38,6 +38,9 @@ def test_pack_bits_matches_numpy_packbits():
     packed = compact.pack_bits(flags)
     assert np.array_equal(packed.numpy(), np.packbits(flags.numpy()))
     assert torch.equal(compact.unpack_bits(packed, 1003), flags)
+    # The torch-only path that accelerator tensors take gives the same bytes.
+    assert torch.equal(compact._pack_bits_torch(flags), packed)
+    assert torch.equal(compact._unpack_bits_torch(packed, 1003), flags)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

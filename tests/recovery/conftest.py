@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from .recovery_helpers import TEXTS, build_tokenizer, prune_rows, tiny_llama
 
 

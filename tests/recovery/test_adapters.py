@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from .recovery_helpers import lm_dataset, mean_loss, prune_rows, tiny_llama, train
 
 from hf_calibprune.errors import ConfigError
 from hf_calibprune.recovery import (
@@ -16,6 +15,8 @@ from hf_calibprune.recovery import (
     merge_lora_preserving_sparsity,
     shira_config_for_masks,
 )
+
+from .recovery_helpers import lm_dataset, mean_loss, prune_rows, tiny_llama, train
 
 peft = pytest.importorskip("peft")
 

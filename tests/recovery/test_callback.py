@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from .recovery_helpers import lm_dataset, mean_loss, train
 from transformers import TrainerCallback
 
 from hf_calibprune.recovery import SparsityMaskError, SparsityPreservingCallback, check_masks, extract_masks
+
+from .recovery_helpers import lm_dataset, mean_loss, train
 
 
 def _hooks(model, masks) -> int:

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from .recovery_helpers import TEXTS, build_tokenizer, prune_rows, tiny_llama
 from safetensors.torch import load_file
 
 from hf_calibprune.errors import CheckpointError
 from hf_calibprune.recovery.checkpoint import recover_checkpoint
+
+from .recovery_helpers import TEXTS, build_tokenizer, prune_rows, tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
 

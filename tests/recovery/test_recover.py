@@ -7,10 +7,11 @@ import json
 import datasets
 import pytest
 import torch
-from .recovery_helpers import TEXTS, prune_rows, tiny_llama
 
 from hf_calibprune.errors import ConfigError
 from hf_calibprune.recovery import check_masks, extract_masks, load_texts, recover
+
+from .recovery_helpers import TEXTS, prune_rows, tiny_llama
 
 
 @pytest.mark.parametrize(
