@@ -50,6 +50,7 @@ class PruningReport:
         config (`dict`): the :class:`PruningConfig` that produced this report.
         versions (`dict[str, str]`): library versions.
         evaluation (`dict`): evaluation results added later (perplexity, accuracy), by task name.
+        recovery (`list[dict]`): recovery fine-tuning runs applied afterwards (steps, adapter, loss, sparsity).
     """
 
     method: str
@@ -64,6 +65,7 @@ class PruningReport:
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=library_versions)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    recovery: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_records(cls, layers: list[LayerRecord], blocks: list[BlockRecord], **fields: Any) -> PruningReport:

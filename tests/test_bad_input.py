@@ -362,14 +362,7 @@ def _damage(tensors: dict[str, torch.Tensor], damage: str) -> None:
     [
         ("missing-bitmask", r"lacks .*model\.layers\.0\.mlp\.up_proj\.weight_sparse_bitmask.*incomplete or corrupted"),
         ("short-bitmask", r"model\.layers\.0\.mlp\.up_proj\.weight.*do not match its shape"),
-        pytest.param(
-            "bitmask-count-mismatch", r"The bitmask keeps \d+ of \d+ elements but \d+ values are stored",
-            marks=pytest.mark.xfail(
-                strict=True, raises=RuntimeError,
-                reason="known gap: transformers' loader wraps the converter's CheckpointError in a RuntimeError "
-                "('issues during automatic conversion'); the hub plugin should check set bits before loading",
-            ),
-        ),
+        ("bitmask-count-mismatch", r"model\.layers\.0\.mlp\.up_proj\.weight.*do not match its shape"),
         ("missing-values", r"lacks .*model\.layers\.0\.mlp\.up_proj\.weight_sparse_values"),
     ],
     ids=["missing-bitmask", "short-bitmask", "bitmask-count-mismatch", "missing-values"],

@@ -142,8 +142,9 @@ class SparseDecompress(ConversionOps):
 def _check_compact_files(checkpoint_files: list[str] | None) -> None:
     """Check that every compact tensor has consistent companions, before any weight is loaded.
 
-    Only the safetensors headers and the tiny shape records are read; a bitmask whose count of set bits
-    disagrees with its values is caught while loading (:func:`~hf_calibprune.hub.compact.unpack_bitmask`).
+    The safetensors headers, the tiny shape records and the bitmasks (an eighth of a byte per weight) are read:
+    a bitmask whose count of set bits disagrees with its stored values is refused here, since transformers would
+    wrap an error raised during the load itself in its own ``RuntimeError``.
     """
     from safetensors import safe_open
 
@@ -184,6 +185,9 @@ def _check_compact_files(checkpoint_files: list[str] | None) -> None:
                 if layout == compact.BITMASK:
                     mask = handle.get_slice(base + compact.BITMASK).get_shape()
                     ok = mask == [(numel + 7) // 8] and len(values) == 1 and values[0] <= numel
+                    if ok:
+                        bits = compact.unpack_bits(handle.get_tensor(base + compact.BITMASK), numel)
+                        ok = int(bits.sum()) == values[0]
                 else:
                     n, m = (int(x) for x in handle.get_tensor(base + compact.NM).reshape(-1).tolist())
                     indices = handle.get_slice(base + compact.NM_INDICES).get_shape()
