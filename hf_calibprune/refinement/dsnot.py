@@ -25,11 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
 from ..methods.base import PruneResult
 from ..sparsity import InputStatistics, SparsityPattern
 from .base import MaskRefiner
-from .swaps import SwapState, check_inputs, revert_worse_rows, single_costs
+from .swaps import SwapState, check_inputs, check_swap_options, revert_worse_rows, single_costs
 
 __all__ = ["DSnoT", "DSnoTOptions"]
 
@@ -54,12 +53,7 @@ class DSnoTOptions:
     chunk_rows: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_iterations, int) or self.max_iterations < 0:
-            raise ConfigError(f"`max_iterations={self.max_iterations!r}` must be an integer >= 0, e.g. 50.")
-        if not 0 <= self.tolerance < 1:
-            raise ConfigError(f"`tolerance={self.tolerance!r}` must be in [0, 1), e.g. 1e-6.")
-        if self.chunk_rows is not None and (not isinstance(self.chunk_rows, int) or self.chunk_rows < 1):
-            raise ConfigError(f"`chunk_rows={self.chunk_rows!r}` must be a positive integer or None.")
+        check_swap_options(self.max_iterations, self.tolerance, self.chunk_rows)
 
 
 class DSnoT(MaskRefiner):

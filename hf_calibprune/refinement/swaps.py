@@ -129,6 +129,16 @@ def single_costs(values: torch.Tensor, u: torch.Tensor, keep: torch.Tensor, diag
     return prune_cost, restore_cost
 
 
+def check_swap_options(max_iterations: int, tolerance: float, chunk_rows: int | None) -> None:
+    """Validate the options every swap-based refiner shares."""
+    if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 0:
+        raise ConfigError(f"`max_iterations={max_iterations!r}` must be an integer >= 0, e.g. 50.")
+    if not 0 <= tolerance < 1:
+        raise ConfigError(f"`tolerance={tolerance!r}` must be in [0, 1), e.g. 1e-6.")
+    if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
+        raise ConfigError(f"`chunk_rows={chunk_rows!r}` must be a positive integer or None.")
+
+
 @dataclass(frozen=True)
 class SparseSwapsOptions:
     """Args:
@@ -151,14 +161,9 @@ class SparseSwapsOptions:
     chunk_rows: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_iterations, int) or self.max_iterations < 0:
-            raise ConfigError(f"`max_iterations={self.max_iterations!r}` must be an integer >= 0.")
-        if not 0 <= self.tolerance < 1:
-            raise ConfigError(f"`tolerance={self.tolerance!r}` must be in [0, 1), e.g. 1e-6.")
+        check_swap_options(self.max_iterations, self.tolerance, self.chunk_rows)
         if self.candidates is not None and (not isinstance(self.candidates, int) or self.candidates < 1):
             raise ConfigError(f"`candidates={self.candidates!r}` must be a positive integer (e.g. 32) or None.")
-        if self.chunk_rows is not None and (not isinstance(self.chunk_rows, int) or self.chunk_rows < 1):
-            raise ConfigError(f"`chunk_rows={self.chunk_rows!r}` must be a positive integer or None.")
 
 
 class SparseSwaps(MaskRefiner):
