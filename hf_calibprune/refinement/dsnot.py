@@ -28,7 +28,7 @@ import torch
 from ..methods.base import PruneResult
 from ..sparsity import InputStatistics, SparsityPattern
 from .base import MaskRefiner
-from .swaps import SwapState, check_inputs, check_swap_options, revert_worse_rows, single_costs
+from .swaps import SwapState, check_inputs, check_swap_options, refine_in_chunks, single_costs
 
 __all__ = ["DSnoT", "DSnoTOptions"]
 
@@ -71,20 +71,10 @@ class DSnoT(MaskRefiner):
         gram = check_inputs(self.name, stats, result, pattern)
         state = SwapState(weight, result)
         start_keep = state.keep.clone()
-        rows, columns = state.keep.shape
+        columns = state.keep.shape[1]
         groups = None if pattern.is_unstructured else torch.arange(columns, device=gram.device) // pattern.m
         chunk = self.options.chunk_rows or max(1, _CHUNK_BUDGET // columns)
-        swaps = cycles = 0
-        for start in range(0, rows, chunk):
-            block = torch.arange(start, min(start + chunk, rows), device=gram.device)
-            done, used = self._refine_rows(state, block, gram, groups)
-            swaps += done
-            cycles = max(cycles, used)
-        reverted = revert_worse_rows(state, start_keep, gram)
-        info = {"swaps": swaps, "swap_iterations": cycles}
-        if reverted:
-            info["rows_reverted"] = reverted
-        return PruneResult(state.pruned_weight(), ~state.keep, info)
+        return refine_in_chunks(state, start_keep, gram, chunk, lambda block: self._refine_rows(state, block, gram, groups))
 
     def _refine_rows(
         self, state: SwapState, rows: torch.Tensor, gram: torch.Tensor, groups: torch.Tensor | None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -129,6 +130,27 @@ def single_costs(values: torch.Tensor, u: torch.Tensor, keep: torch.Tensor, diag
     return prune_cost, restore_cost
 
 
+def refine_in_chunks(
+    state: SwapState,
+    start_keep: torch.Tensor,
+    gram: torch.Tensor,
+    chunk: int,
+    refine_rows: Callable[[torch.Tensor], tuple[int, int]],
+) -> PruneResult:
+    """Run ``refine_rows`` over the rows ``chunk`` at a time, undo rows that got worse, and report the swaps."""
+    rows = state.keep.shape[0]
+    swaps = iterations = 0
+    for start in range(0, rows, chunk):
+        done, used = refine_rows(torch.arange(start, min(start + chunk, rows), device=gram.device))
+        swaps += done
+        iterations = max(iterations, used)
+    reverted = revert_worse_rows(state, start_keep, gram)
+    info = {"swaps": swaps, "swap_iterations": iterations}
+    if reverted:
+        info["rows_reverted"] = reverted
+    return PruneResult(state.pruned_weight(), ~state.keep, info)
+
+
 def check_swap_options(max_iterations: int, tolerance: float, chunk_rows: int | None) -> None:
     """Validate the options every swap-based refiner shares."""
     if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 0:
@@ -181,24 +203,14 @@ class SparseSwaps(MaskRefiner):
         gram = check_inputs(self.name, stats, result, pattern)
         state = SwapState(weight, result)
         start_keep = state.keep.clone()
-        rows, columns = state.keep.shape
+        columns = state.keep.shape[1]
         if pattern.is_unstructured and self.options.candidates is not None:
             chunk = self.options.chunk_rows or max(1, _TABLE_BUDGET // max(4 * columns, self.options.candidates**2))
         elif pattern.is_unstructured:
             chunk = self.options.chunk_rows or max(1, _TABLE_BUDGET // (columns * columns))
         else:
             chunk = self.options.chunk_rows or max(1, _TABLE_BUDGET // (columns * pattern.m))
-        swaps = iterations = 0
-        for start in range(0, rows, chunk):
-            block = torch.arange(start, min(start + chunk, rows), device=gram.device)
-            done, used = self._refine_rows(state, block, gram, pattern)
-            swaps += done
-            iterations = max(iterations, used)
-        reverted = revert_worse_rows(state, start_keep, gram)
-        info = {"swaps": swaps, "swap_iterations": iterations}
-        if reverted:
-            info["rows_reverted"] = reverted
-        return PruneResult(state.pruned_weight(), ~state.keep, info)
+        return refine_in_chunks(state, start_keep, gram, chunk, lambda block: self._refine_rows(state, block, gram, pattern))
 
     def _refine_rows(
         self, state: SwapState, rows: torch.Tensor, gram: torch.Tensor, pattern: SparsityPattern
