@@ -41,6 +41,27 @@ def _build_tokenizer():
     )
 
 
+def build_tiny_llama(tokenizer):
+    """A tiny random LlamaForCausalLM whose vocabulary and special tokens match ``tokenizer``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """A byte-level BPE tokenizer (vocab ~400) that prepends ``<bos>``; pad id 0, eos id 2."""

@@ -11,6 +11,8 @@ import torch
 
 from hf_calibprune.calibration import SOURCES, CalibrationConfig, build_calibration_samples, render_samples
 
+from .conftest import build_tiny_llama
+
 NUM_SAMPLES, SEQ_LEN = 4, 16
 
 
@@ -28,22 +30,7 @@ CASES = list(_cases())
 
 @pytest.fixture(scope="module")
 def tiny_model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config)
+    return build_tiny_llama(tokenizer)
 
 
 def _build(name, fmt, shots, tokenizer, model, fixtures_dir, seed=0):

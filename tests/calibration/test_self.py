@@ -10,25 +10,12 @@ import torch
 from hf_calibprune.calibration import CalibrationConfig, build_calibration_samples
 from hf_calibprune.calibration.sources.self_generated import SelfGenerationOptions, generate_self_samples
 
+from .conftest import build_tiny_llama
+
 
 @pytest.fixture
 def model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config)
+    return build_tiny_llama(tokenizer)
 
 
 def test_self_offline_deterministic_and_restores_the_model(model, tokenizer, monkeypatch):
