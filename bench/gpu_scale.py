@@ -13,7 +13,7 @@ weights (no download), in bfloat16, and pruned with Wanda and SparseGPT at 50 % 
 Each run is a fresh process; it prints one JSON line with seconds, peak GPU memory
 (``torch.cuda.max_memory_allocated``), peak RSS and a SHA-256 of all masks, then a Markdown table.
 
-    python bench/gpu_scale.py                         # the GPU run (about 5-8 minutes on an H100)
+    python bench/gpu_scale.py --num-samples 32 --seq-len 1024   # about 7 minutes on an H100 (docs/benchmarks.md)
     python bench/gpu_scale.py --preset tiny --device cpu --placements onload offload   # smoke test on CPU
 """
 

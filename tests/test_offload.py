@@ -191,13 +191,19 @@ def test_one_block_at_a_time_on_the_gpu(checkpoint, calibration_file):
     expected = _weights(_pruned_in_memory(checkpoint, _config(calibration_file, "wanda")))
     model = AutoModelForCausalLM.from_pretrained(checkpoint)
     block_bytes = sum(p.numel() * p.element_size() for p in model.model.layers[0].parameters())
+    # cuBLAS and attention kernels keep workspaces in PyTorch's allocator once first used: run the model once
+    # on the GPU so they exist, and count only what pruning adds on top of them.
+    AutoModelForCausalLM.from_pretrained(checkpoint).cuda()(torch.ones(4, 32, dtype=torch.long, device="cuda"))
+    torch.cuda.empty_cache()
+    baseline = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     CalibratedPruner(config, tokenizer=make_tokenizer(), progress=False).prune(model)
     assert all(p.device.type == "cpu" for p in model.parameters()), "blocks must go back where they were"
-    assert torch.cuda.max_memory_allocated() < 4 * block_bytes + 2**20
     actual = _weights(model)
     agreement = sum(int(((actual[k] == 0) == (expected[k] == 0)).sum()) for k in expected)
     assert agreement / sum(v.numel() for v in expected.values()) > 0.99
+    added = torch.cuda.max_memory_allocated() - baseline
+    assert added < 4 * block_bytes + 2**20, f"pruning added {added} bytes of GPU memory; one block is {block_bytes}"
 
 
 def test_cli_prunes_a_disk_offloaded_model(checkpoint, calibration_file, tmp_path):

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from ..errors import NumericalError
-from ..sparsity import InputStatistics, SparsityPattern, prune_mask_from_scores
+from ..sparsity import InputStatistics, SparsityPattern, lowest_mask
 from .base import PruneResult, PruningMethod
 
 __all__ = ["SparseGPT", "SparseGPTOptions", "inverse_hessian_cholesky"]
@@ -50,12 +50,14 @@ def inverse_hessian_cholesky(
     hessian[dead, dead] = 1
     mean_diagonal = hessian.diagonal().mean()
     eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+    # With J the order-reversing permutation and J·H·J = L·Lᵀ, the upper factor of H⁻¹ is J·L⁻¹·J: one
+    # factorization and one triangular solve instead of the reference's Cholesky, inverse and second Cholesky.
+    reversed_hessian = hessian.flip(0, 1)
     while True:
-        factor, info = torch.linalg.cholesky_ex(hessian + dampening * mean_diagonal * eye)
+        lower, info = torch.linalg.cholesky_ex(reversed_hessian + dampening * mean_diagonal * eye)
         if info == 0:
-            inverse = torch.cholesky_inverse(factor)
-            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            if info == 0:
+            upper = torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1)
+            if bool(torch.isfinite(upper.diagonal()).all()):
                 return upper, dampening
         if dampening * 10 > max_dampening:
             raise NumericalError(
@@ -77,50 +79,71 @@ class SparseGPT(PruningMethod):
     Options = SparseGPTOptions
     needs = "hessian"
 
+    def __init__(self, options: SparseGPTOptions | None = None) -> None:
+        super().__init__(options)
+        # Linears fed the same input (q/k/v, gate/up) share one statistics object, so its factor is reused.
+        self._factor_for: tuple[InputStatistics, int, torch.Tensor, float] | None = None
+
     def prune(
         self, weight: torch.Tensor, stats: InputStatistics | None, sparsity: float, pattern: SparsityPattern
     ) -> PruneResult:
         options = self.options
         rows, columns = weight.shape
-        work = weight.clone().float()
+        hinv, used_dampening = self._inverse_factor(stats)
+        # Columns as contiguous rows: each step of the sweep below reads and updates whole memory rows.
+        work = weight.t().float().contiguous()
         mask = torch.zeros_like(work, dtype=torch.bool)
-        hinv, used_dampening = inverse_hessian_cholesky(stats.gram, options.dampening, options.max_dampening)
-        for start in range(0, columns, options.block_size):
-            stop = min(start + options.block_size, columns)
-            block = work[:, start:stop].clone()
-            block_mask = torch.zeros_like(block, dtype=torch.bool)
-            block_hinv = hinv[start:stop, start:stop]
-            errors = torch.zeros_like(block)
-            if pattern.is_unstructured and sparsity > 0:
-                scores = block.square() / block_hinv.diagonal().square().unsqueeze(0)
-                block_mask = self._choose_unstructured(scores, sparsity, columns, start, stop)
+        # N:M groups must not straddle two blocks.
+        step = options.block_size if pattern.is_unstructured else max(pattern.m, options.block_size // pattern.m * pattern.m)
+        for start in range(0, columns, step):
+            stop = min(start + step, columns)
+            block, block_mask, block_hinv = work[start:stop], mask[start:stop], hinv[start:stop, start:stop]
+            diagonal = block_hinv.diagonal().unsqueeze(1)
+            errors = torch.empty_like(block)
+            if pattern.is_unstructured:
+                scale = self._choose_unstructured(block, diagonal, block_mask, sparsity, columns, start, stop)
             for i in range(stop - start):
                 if not pattern.is_unstructured and i % pattern.m == 0:
                     group = slice(i, i + pattern.m)
-                    scores = block[:, group].square() / block_hinv.diagonal()[group].square().unsqueeze(0)
-                    lowest = torch.topk(scores, pattern.pruned_per_group, dim=1, largest=False).indices
-                    block_mask[:, group].scatter_(1, lowest, True)
-                column = block[:, i]
-                quantized = column.masked_fill(block_mask[:, i], 0)
-                error = (column - quantized) / block_hinv[i, i]
-                block[:, i:] -= error.unsqueeze(1) * block_hinv[i, i:].unsqueeze(0)
-                block[:, i] = quantized
-                errors[:, i] = error
-            work[:, start:stop] = block
-            mask[:, start:stop] = block_mask
-            work[:, stop:] -= errors @ hinv[start:stop, stop:]
+                    scores = (block[group] / diagonal[group]).square()
+                    lowest = torch.topk(scores, pattern.pruned_per_group, dim=0, largest=False).indices
+                    block_mask[group].scatter_(0, lowest, True)
+                    scale = block_mask[group] / diagonal[group]
+                # The optimal-brain-surgeon step: remove the pruned part of column i and spread its error over
+                # the later columns of the block. Column i itself is zeroed by the final mask.
+                torch.mul(block[i], scale[i if pattern.is_unstructured else i % pattern.m], out=errors[i])
+                block[i + 1 :].addr_(block_hinv[i, i + 1 :], errors[i], alpha=-1)
+            work[stop:].addmm_(hinv[start:stop, stop:].t(), errors, alpha=-1)
         work.masked_fill_(mask, 0)
         if not torch.isfinite(work).all():
             raise NumericalError("SparseGPT produced non-finite weights; raise `dampening` in method_options.")
-        return PruneResult(work, mask, {"dampening": used_dampening})
+        return PruneResult(work.t().contiguous(), mask.t().contiguous(), {"dampening": used_dampening})
+
+    def _inverse_factor(self, stats: InputStatistics) -> tuple[torch.Tensor, float]:
+        cached = self._factor_for
+        if cached is not None and cached[0] is stats and cached[1] == stats.num_tokens:
+            return cached[2], cached[3]
+        hinv, dampening = inverse_hessian_cholesky(stats.gram, self.options.dampening, self.options.max_dampening)
+        self._factor_for = (stats, stats.num_tokens, hinv, dampening)
+        return hinv, dampening
 
     def _choose_unstructured(
-        self, scores: torch.Tensor, sparsity: float, columns: int, start: int, stop: int
+        self,
+        block: torch.Tensor,
+        diagonal: torch.Tensor,
+        block_mask: torch.Tensor,
+        sparsity: float,
+        columns: int,
+        start: int,
+        stop: int,
     ) -> torch.Tensor:
-        if self.options.scope == "block":
-            return prune_mask_from_scores(scores, sparsity, SparsityPattern(), scope="layer")
-        block_mask = torch.zeros_like(scores, dtype=torch.bool)
-        count = _row_counts(columns, sparsity, start, stop)
-        if count:
-            block_mask.scatter_(1, torch.topk(scores, count, dim=1, largest=False).indices, True)
-        return block_mask
+        """Fill ``block_mask`` (``[block columns, rows]``) from the OBS scores; return mask / diagonal."""
+        if sparsity > 0:
+            scores = (block / diagonal).square()
+            if self.options.scope == "block":
+                chosen = lowest_mask(scores.reshape(1, -1), int(scores.numel() * sparsity)).view_as(scores)
+            else:
+                # Selecting along contiguous memory is about twice as fast as along dim 0.
+                chosen = lowest_mask(scores.t().contiguous(), _row_counts(columns, sparsity, start, stop)).t()
+            block_mask.copy_(chosen)
+        return block_mask / diagonal

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["SparsityPattern", "parse_pattern", "prune_mask_from_scores"]
+__all__ = ["SparsityPattern", "lowest_mask", "parse_pattern", "prune_mask_from_scores"]
 
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
@@ -84,7 +84,6 @@ def prune_mask_from_scores(
         `torch.BoolTensor` of the same shape, ``True`` where the weight is pruned.
     """
     rows, cols = scores.shape
-    mask = torch.zeros_like(scores, dtype=torch.bool)
     if not pattern.is_unstructured:
         if cols % pattern.m:
             raise ConfigError(
@@ -93,15 +92,27 @@ def prune_mask_from_scores(
             )
         groups = scores.reshape(rows, cols // pattern.m, pattern.m)
         lowest = torch.topk(groups, pattern.pruned_per_group, dim=-1, largest=False).indices
-        return mask.reshape(rows, cols // pattern.m, pattern.m).scatter_(-1, lowest, True).reshape(rows, cols)
+        mask = torch.zeros_like(groups, dtype=torch.bool)
+        return mask.scatter_(-1, lowest, True).reshape(rows, cols)
     if scope == "layer":
-        count = int(scores.numel() * sparsity)
-        if count:
-            lowest = torch.topk(scores.flatten(), count, largest=False).indices
-            mask.view(-1)[lowest] = True
-        return mask
-    count = int(cols * sparsity)
-    if count:
-        lowest = torch.topk(scores, count, dim=1, largest=False).indices
-        mask.scatter_(1, lowest, True)
-    return mask
+        return lowest_mask(scores.reshape(1, -1), int(scores.numel() * sparsity)).view_as(scores)
+    return lowest_mask(scores, int(cols * sparsity))
+
+
+def lowest_mask(scores: torch.Tensor, count: int, dim: int = -1) -> torch.Tensor:
+    """``True`` at the ``count`` lowest scores along ``dim`` of every slice, exactly ``count`` per slice.
+
+    A k-th-value threshold instead of ``topk``: on CPU it is several times faster for the large ``count``
+    pruning needs (half a row, half a matrix). Ties at the threshold go to the earliest positions, so the
+    count is exact even for scores with many equal values (quantized weights).
+    """
+    size = scores.shape[dim]
+    if count <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if count >= size:
+        return torch.ones_like(scores, dtype=torch.bool)
+    threshold = scores.kthvalue(count, dim=dim, keepdim=True).values
+    mask = scores < threshold
+    ties = scores == threshold
+    missing = count - mask.sum(dim=dim, keepdim=True)
+    return mask | (ties & (ties.cumsum(dim=dim) <= missing))
