@@ -13,7 +13,7 @@ from ..sparsity import InputStatistics
 __all__ = ["StatisticsCollector", "ErrorMeter", "ERROR_TOKEN_BUDGET", "hessian_error"]
 
 #: Tokens per block pass on which :class:`ErrorMeter` measures methods that gather no Gram matrix.
-ERROR_TOKEN_BUDGET = 4096
+ERROR_TOKEN_BUDGET = 1024
 
 
 def _tokens(x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
