@@ -128,10 +128,10 @@ def main() -> None:
             specs += [dict(common, method=method, pattern=pattern, schedule=s) for s in schedules]
     results = []
     for spec in specs:
-        output = subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=True
-        ).stdout
-        result = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
+        finished = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+        if finished.returncode != 0:
+            sys.exit(f"the run {json.dumps(spec)} failed:\n{finished.stderr[-4000:]}")
+        result = json.loads(next(line for line in finished.stdout.splitlines() if line.startswith("RESULT "))[7:])
         results.append(result)
         print(json.dumps(result), flush=True)
     command = "python bench/prune_benchmark.py " + " ".join(sys.argv[1:])

@@ -68,9 +68,15 @@ class CalibratedPruner:
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str, config: PruningConfig, **load_kwargs: Any) -> nn.Module:
-        """Load a model and its tokenizer (any ``from_pretrained`` keyword) and prune it; returns the model."""
+        """Load a model and its tokenizer (any ``from_pretrained`` keyword, plus ``tokenizer``: see
+        :func:`hf_calibprune.models.loading.load_model_and_tokenizer`) and prune it; returns the model."""
         from .models.loading import load_model_and_tokenizer
 
+        if isinstance(load_kwargs.get("quantization_config"), PruningConfig):
+            raise ConfigError(
+                "Pass the PruningConfig as `config`, not as `quantization_config`, to CalibratedPruner.from_pretrained "
+                "(it would prune twice)."
+            )
         model, tokenizer = load_model_and_tokenizer(model_id_or_path, **load_kwargs)
         return cls(config, tokenizer=tokenizer).prune(model)
 

@@ -42,11 +42,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from .._io import write_json_atomic
-    from ..evaluation import evaluate_model, format_results_table, load_model_and_tokenizer, parse_tasks
+    import torch
+
+    from ..evaluation import evaluate_model, format_results_table, parse_tasks
     from ..evaluation.checkpoint import record_evaluation
+    from ..models.loading import load_model_and_tokenizer
 
     parse_tasks(args.tasks)  # fail on a bad task name before loading the model
-    model, tokenizer = load_model_and_tokenizer(args.model, gguf_file=args.gguf_file)
+    model, tokenizer = load_model_and_tokenizer(
+        args.model, gguf_file=args.gguf_file, dtype=torch.float32, require_tokenizer=True
+    )
     results = evaluate_model(
         model,
         tokenizer,

@@ -13,7 +13,6 @@ from __future__ import annotations
 from .data import EvaluationError, resolve_data_dir
 from .fewshot import FEWSHOT_TASKS, build_prompt, evaluate_fewshot, extract_final_number, numbers_match
 from .harness import WANDA_ZERO_SHOT_TASKS, evaluate_harness
-from .loading import load_model_and_tokenizer
 from .perplexity import PERPLEXITY_SOURCES, perplexity, perplexity_details
 from .suite import evaluate_model, format_results_table, headline_metrics, parse_tasks
 
@@ -29,7 +28,6 @@ __all__ = [
     "extract_final_number",
     "format_results_table",
     "headline_metrics",
-    "load_model_and_tokenizer",
     "numbers_match",
     "parse_tasks",
     "perplexity",

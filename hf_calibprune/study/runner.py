@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -119,7 +120,7 @@ def run_study(
         settings (`StudySettings`): the grid and evaluation.
         output_dir (`str`): where ``runs/``, ``results.csv``, ``results.md``, ``*.png`` and ``summary.txt`` go.
         loader (`Callable`, *optional*): ``loader(model, gguf_file=None) -> (model, tokenizer)``; defaults to
-            :func:`hf_calibprune.evaluation.load_model_and_tokenizer`.
+            :func:`hf_calibprune.models.loading.load_model_and_tokenizer` in float32, with a tokenizer required.
     """
     from ..evaluation import evaluate_model, headline_metrics, parse_tasks
 
@@ -130,7 +131,9 @@ def run_study(
     runs_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output / "study.json", {"settings": settings_to_dict(settings), "notes": plan.notes})
     if loader is None:
-        from ..evaluation import load_model_and_tokenizer as loader
+        from ..models.loading import load_model_and_tokenizer
+
+        loader = partial(load_model_and_tokenizer, dtype=torch.float32, require_tokenizer=True)
     models = _ModelSource(settings, loader)
 
     records: list[dict[str, Any]] = []

@@ -15,7 +15,7 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 
 from hf_calibprune import CalibratedPruner, save_sparse
 from hf_calibprune.errors import ConfigError
-from hf_calibprune.hub.loading import load_and_prune, load_model_and_tokenizer
+from hf_calibprune.models.loading import load_model_and_tokenizer
 from hf_calibprune.integrations import transformers_plugin
 
 from .hub_helpers import assert_same_bits, pruned_llama, pruning_config, tiny_llama, write_tiny_gguf
@@ -93,18 +93,18 @@ def test_a_compact_checkpoint_loads_after_import_hf_calibprune_in_a_fresh_proces
     assert_same_bits(torch.load(tmp_path / "expected.pt"), torch.load(tmp_path / "loaded.pt"))
 
 
-def test_load_and_prune_passes_from_pretrained_keywords(dense_dir):
-    model, tokenizer = load_and_prune(dense_dir, pruning_config("unstructured", "wanda"), dtype=torch.bfloat16)
-    assert model.dtype == torch.bfloat16 and tokenizer is not None
+def test_pruner_from_pretrained_passes_from_pretrained_keywords(dense_dir):
+    model = CalibratedPruner.from_pretrained(dense_dir, pruning_config("unstructured", "wanda"), dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
     assert model.pruning_report.overall_sparsity == pytest.approx(0.5)
     _assert_plain(model)
     with pytest.raises(ConfigError, match="not as `quantization_config`"):
-        load_and_prune(dense_dir, pruning_config(), quantization_config=pruning_config())
+        CalibratedPruner.from_pretrained(dense_dir, pruning_config(), quantization_config=pruning_config())
 
 
 def test_gguf_loads_dequantized_prunes_and_saves(tmp_path):
     write_tiny_gguf(tmp_path / "tiny.gguf")
-    model, _ = load_and_prune(tmp_path, pruning_config("2:4"), gguf_file="tiny.gguf")
+    model = CalibratedPruner.from_pretrained(tmp_path, pruning_config("2:4"), gguf_file="tiny.gguf")
     _assert_plain(model)
     assert model.pruning_report.overall_sparsity == pytest.approx(0.5)
     save_sparse(model, tmp_path / "out")
