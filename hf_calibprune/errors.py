@@ -14,6 +14,7 @@ __all__ = [
     "CheckpointError",
     "NumericalError",
     "AcceleratorMemoryError",
+    "SparsityMaskError",
 ]
 
 
@@ -43,3 +44,7 @@ class NumericalError(CalibPruneError):
 
 class AcceleratorMemoryError(CalibPruneError, MemoryError):
     """The accelerator ran out of memory while pruning; the message lists the settings that need less."""
+
+
+class SparsityMaskError(NumericalError):
+    """A pruned weight holds non-zero values where its sparsity mask says it must be zero (after fine-tuning)."""

@@ -146,3 +146,31 @@ def test_nan_activations_stop_with_the_block_named():
         model.model.layers[0].mlp.down_proj.weight.fill_(float("inf"))
     with pytest.raises(NumericalError, match="model.layers.0"):
         run(model, "magnitude")
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "opt"])
+def test_statistics_pass_stops_after_the_last_linear_input_with_the_same_statistics(model_type):
+    model = tiny_model(model_type)
+    engine = LayerwiseEngine(model, EngineOptions(batch_size=2, progress=False))
+    captured = engine.capture(*tokens())
+    block = engine.layout.blocks[0]
+    linears = find_prunable_linears(block)
+    computed: list[str] = []
+    handles = [m.register_forward_hook(lambda m, a, o, n=n: computed.append(n)) for n, m in linears.items()]
+    gathered = {}
+    for stop_early in (False, True):
+        computed.clear()
+        collector = StatisticsCollector(linears, hessian=True, stop_early=stop_early)
+        engine._run_block(block, 0, captured, collector, keep_outputs=False)
+        collector.remove()
+        gathered[stop_early] = ({n: s.gram.clone() for n, s in collector.stats.items()}, list(computed))
+    for handle in handles:
+        handle.remove()
+    full, stopped = gathered[False], gathered[True]
+    assert full[0].keys() == stopped[0].keys() == linears.keys()
+    for name in linears:
+        torch.testing.assert_close(stopped[0][name], full[0][name], rtol=0, atol=0)
+    last = full[1][-1]
+    batches = len(captured.hidden)
+    assert full[1].count(last) == batches
+    assert stopped[1].count(last) == 1, "only the first batch runs the last Linear"

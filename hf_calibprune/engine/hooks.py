@@ -10,7 +10,7 @@ from torch import nn
 
 from ..sparsity import InputStatistics
 
-__all__ = ["StatisticsCollector", "ErrorMeter", "ERROR_TOKEN_BUDGET", "hessian_error"]
+__all__ = ["AllInputsGathered", "StatisticsCollector", "ErrorMeter", "ERROR_TOKEN_BUDGET", "hessian_error"]
 
 #: Tokens per block pass on which :class:`ErrorMeter` measures methods that gather no Gram matrix.
 ERROR_TOKEN_BUDGET = 1024
@@ -36,12 +36,20 @@ class _HookSet:
         self._handles.clear()
 
 
+class AllInputsGathered(Exception):
+    """Raised by a :class:`StatisticsCollector` with ``stop_early`` once the block's last Linear call has its input."""
+
+
 class StatisticsCollector(_HookSet):
     """Gathers :class:`InputStatistics` for each Linear of a block while the block runs.
 
     Linears fed the very same tensor (q/k/v, gate/up) share one statistic, found from the tensors
     themselves rather than from layer names. ``on_input(name, module, stats)``, if given, runs before each
-    Linear computes (the one-pass schedule prunes there).
+    Linear computes (the one-pass schedule prunes there). With ``stop_early``, from the second batch on, the
+    hook of the block's last Linear call raises :class:`AllInputsGathered` instead of letting it compute: a pass
+    that only gathers statistics needs nothing after that (for a Llama block, the down projection and the
+    residual add). The first batch runs whole and records the order of Linear calls; a batch whose calls stray
+    from that order runs whole too.
     """
 
     def __init__(
@@ -49,11 +57,15 @@ class StatisticsCollector(_HookSet):
         linears: dict[str, nn.Module],
         hessian: bool,
         on_input: Callable[[str, nn.Module, InputStatistics, torch.Tensor], None] | None = None,
+        stop_early: bool = False,
     ) -> None:
         super().__init__()
         self.hessian = hessian
         self.stats: dict[str, InputStatistics] = {}
         self._on_input = on_input
+        self._stop_early = stop_early
+        self._calls: list[str] = []
+        self._first_batch_calls: list[str] | None = None
         self._last_input: torch.Tensor | None = None
         self._last_stats: InputStatistics | None = None
         for name, module in linears.items():
@@ -62,6 +74,9 @@ class StatisticsCollector(_HookSet):
     def end_batch(self) -> None:
         self._last_input = None
         self._last_stats = None
+        if self._first_batch_calls is None:
+            self._first_batch_calls = self._calls
+        self._calls = []
 
     def groups(self) -> list[list[str]]:
         """Names of Linears sharing one statistic."""
@@ -84,6 +99,9 @@ class StatisticsCollector(_HookSet):
                 self._last_input, self._last_stats = x, stats
             if self._on_input is not None:
                 self._on_input(name, module, self.stats[name], x)
+            self._calls.append(name)
+            if self._stop_early and self._calls == self._first_batch_calls:
+                raise AllInputsGathered
 
         return hook
 

@@ -30,7 +30,7 @@ from ..sparsity import InputStatistics, LayerSparsity, SparsityPattern, outlier_
 from .capture import CapturedInputs, block_hidden_output, capture_block_inputs
 from .checkpointing import BlockCheckpoint
 from .distributed import all_reduce_sums, broadcast_, resolve_device
-from .hooks import ErrorMeter, StatisticsCollector, hessian_error
+from .hooks import AllInputsGathered, ErrorMeter, StatisticsCollector, hessian_error
 from .offload import read_weight, write_weight
 
 __all__ = ["EngineOptions", "LayerwiseEngine", "Schedule"]
@@ -164,7 +164,9 @@ class LayerwiseEngine:
         return layers, blocks
 
     def _prune_block_sequential(self, method, index, block, linears, captured, sparsity, pattern) -> list[LayerRecord]:
-        collector = StatisticsCollector(linears, hessian=self._needs_gram(method))
+        # Accelerate's hooks move weights back in their post-forward, which a stopped forward would skip.
+        stop_early = not any(hasattr(module, "_hf_hook") for module in block.modules())
+        collector = StatisticsCollector(linears, hessian=self._needs_gram(method), stop_early=stop_early)
         try:
             self._run_block(block, index, captured, collector, keep_outputs=False)
         finally:
@@ -315,7 +317,12 @@ class LayerwiseEngine:
                     if id(call) not in moved:
                         moved[id(call)] = (send_to_device(call.args, device), send_to_device(call.kwargs, device))
                     args, kwargs = moved[id(call)]
-                output = block_hidden_output(block(inputs, *args, **kwargs))
+                try:
+                    output = block_hidden_output(block(inputs, *args, **kwargs))
+                except AllInputsGathered:
+                    if keep_outputs:
+                        raise
+                    output = None
                 for hook_set in hook_sets:
                     if isinstance(hook_set, StatisticsCollector):
                         hook_set.end_batch()

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from ..errors import SparsityMaskError
 from .adapters import (
     kept_weights_mask_fn,
     lora_config_for_masks,
@@ -19,7 +20,6 @@ from .callback import SparsityPreservingCallback
 from .masks import (
     MaskViolation,
     SparsityKeeper,
-    SparsityMaskError,
     apply_masks,
     check_masks,
     extract_masks,

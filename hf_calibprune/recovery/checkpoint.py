@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from .._io import read_json
-from ..errors import CheckpointError
-from .masks import SparsityMaskError, extract_masks
+from ..errors import CheckpointError, SparsityMaskError
+from .masks import extract_masks
 from .train import RecoveryRecord, recover
 
 __all__ = ["recover_checkpoint", "check_zeros_kept", "CARRIED_FILES"]

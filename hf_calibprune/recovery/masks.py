@@ -17,12 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelStructureError, NumericalError
+from ..errors import ModelStructureError, SparsityMaskError
 from ..models import find_decoder_layout, is_prunable_linear
 from ..registry import suggest
 
 __all__ = [
-    "SparsityMaskError",
     "SparsityKeeper",
     "MaskViolation",
     "extract_masks",
@@ -36,10 +35,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _WRAPPER_PREFIXES = ("base_model.model.", "module.", "_orig_mod.")
-
-
-class SparsityMaskError(NumericalError):
-    """A pruned weight holds non-zero values where its sparsity mask says it must be zero."""
 
 
 def normalize_module_name(name: str) -> str:

@@ -12,7 +12,7 @@ import json
 import logging
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import CalibrationError, ConfigError
 

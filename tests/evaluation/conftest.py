@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path(os.environ.get("HF_CALIBPRUNE_DATA_DIR", REPO / ".." / "shared" / "data")).resolve()
@@ -35,22 +35,7 @@ def build_tokenizer():
 
 
 def build_model(vocab_size: int, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab_size,
-        max_position_embeddings=256,
-        eos_token_id=0,
-        bos_token_id=None,
-        pad_token_id=None,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_model("llama", seed=seed, vocab_size=vocab_size, eos_token_id=0, bos_token_id=None, pad_token_id=None)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import tiny_model
+from transformers import LlamaForCausalLM
 
 import hf_calibprune.integrations.transformers_plugin  # noqa: F401 - registers the quantizer (as `import hf_calibprune` does)
 from hf_calibprune import CalibratedPruner, PruningConfig
@@ -17,22 +18,7 @@ CALIBRATION = [
 
 
 def tiny_llama(dtype: torch.dtype = torch.float32, seed: int = 0, **overrides) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    values = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        vocab_size=128,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    values.update(overrides)
-    return LlamaForCausalLM(LlamaConfig(**values)).to(dtype).eval()
+    return tiny_model("llama", dtype=dtype, seed=seed, **overrides)
 
 
 def pruning_config(pattern: str = "unstructured", method: str = "magnitude") -> PruningConfig:

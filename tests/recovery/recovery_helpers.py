@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from conftest import tiny_model
 from torch import nn
 
 TEXTS = [
@@ -14,19 +15,7 @@ TEXTS = [
 
 
 def tiny_llama(seed: int = 0, vocab_size: int = 128) -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab_size,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config)
+    return tiny_model("llama", seed=seed, vocab_size=vocab_size)
 
 
 def prune_rows(model: nn.Module, skip: tuple[str, ...] = ("mlp.down_proj",)) -> list[str]:
