@@ -26,11 +26,11 @@ import time
 import zipfile
 from pathlib import Path
 
+from docs_section import write_section
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 UNPACKED_WHEEL = Path("/tmp/smol/ext")
-MARKER_BEGIN = "<!-- calibration_study:begin -->"
-MARKER_END = "<!-- calibration_study:end -->"
 
 # Calibration sources of the catalogue and the mirror folder each reads (wikitext2 is left out: see above).
 SOURCE_FOLDERS = {
@@ -80,7 +80,6 @@ def write_docs(result, command: str, settings) -> None:
         shutil.copyfile(plot, REPO / "docs" / "calibration_study_wikitext2_ppl.png")
     body = "\n".join(
         [
-            MARKER_BEGIN,
             "## Calibration study: Wanda 50 % on SmolLM2-135M-Instruct, by calibration source and format",
             "",
             "The comparison of \"Is C4 Dataset Optimal for Pruning?\" (arXiv 2410.07461), rerun by `hf-calibprune study`",
@@ -105,21 +104,10 @@ def write_docs(result, command: str, settings) -> None:
             f"With {settings.limit} GSM8K problems one problem is {100 / settings.limit:.1f} points of accuracy, and a "
             "135M model solves few of them, so accuracy differences of one or two problems are noise; "
             "perplexity differences are the more reliable signal at this size.",
-            MARKER_END,
         ]
     )
-    for name in ("benchmarks.md", "study.md"):
-        path = REPO / "docs" / name
-        text = path.read_text(encoding="utf-8") if path.is_file() else ("# Calibration study\n" if name == "study.md" else "# Benchmarks\n")
-        if MARKER_BEGIN in text and MARKER_END in text:
-            head, _, rest = text.partition(MARKER_BEGIN)
-            _, _, tail = rest.partition(MARKER_END)
-            text = head + body + tail
-        else:
-            text = text.rstrip("\n") + "\n\n" + body + "\n"
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+    for page in ("benchmarks.md", "study.md"):
+        write_section("calibration_study", body, page=page)
 
 
 def main(argv: list[str] | None = None) -> int:

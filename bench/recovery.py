@@ -17,12 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+from docs_section import write_section
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 C4_FILE = "c4/c4-train.00000-of-01024.docs000-799.jsonl"
 TRAIN_DOCS = slice(0, 600)
-MARKER_BEGIN = "<!-- recovery_benchmark:begin -->"
-MARKER_END = "<!-- recovery_benchmark:end -->"
 
 
 def _two_four_holds(model, masks) -> bool:
@@ -107,20 +107,6 @@ def markdown(result: dict, command: str) -> str:
     )
 
 
-def write_docs(text: str) -> None:
-    path = REPO / "docs" / "benchmarks.md"
-    current = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
-    block = f"{MARKER_BEGIN}\n{text}\n{MARKER_END}"
-    if MARKER_BEGIN in current:
-        head, _, rest = current.partition(MARKER_BEGIN)
-        current = head + block + rest.partition(MARKER_END)[2]
-    else:
-        current = current.rstrip("\n") + "\n\n## Recovery fine-tuning (bench/recovery.py)\n\n" + block + "\n"
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(current, encoding="utf-8")
-    temporary.replace(path)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -145,7 +131,7 @@ def main() -> int:
     text = markdown(result, command)
     print(text)
     if args.write_docs:
-        write_docs(text)
+        write_section("recovery_benchmark", text, "## Recovery fine-tuning (bench/recovery.py)")
     return 0
 
 

@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from docs_section import write_section
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 C4_FILE = "c4/c4-train.00000-of-01024.docs000-799.jsonl"
-MARKER_BEGIN = "<!-- reference_check:begin -->"
-MARKER_END = "<!-- reference_check:end -->"
 
 
 class _StopForward(Exception):
@@ -220,20 +220,6 @@ def markdown(rows: list[dict], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> None:
-    path = REPO / "docs" / "benchmarks.md"
-    current = path.read_text(encoding="utf-8")
-    block = f"{MARKER_BEGIN}\n{text}\n{MARKER_END}"
-    if MARKER_BEGIN in current:
-        head, _, rest = current.partition(MARKER_BEGIN)
-        current = head + block + rest.partition(MARKER_END)[2]
-    else:
-        current = current.rstrip() + "\n\n## Against the reference algorithms\n\n" + block + "\n"
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(current, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -255,7 +241,7 @@ def main() -> None:
     table = markdown(rows, " ".join(["python bench/reference_check.py", *shown]))
     print(table)
     if args.write_docs:
-        write_docs(table)
+        write_section("reference_check", table, "## Against the reference algorithms")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+from docs_section import write_section
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("HF_CALIBPRUNE_DATA_DIR", REPO.parent / "shared" / "data"))
 C4_FILE = "c4/c4-train.00000-of-01024.docs000-799.jsonl"
 SECTION = "## Methods and refinement"
-MARKER_BEGIN = "<!-- refine_benchmark:begin -->"
-MARKER_END = "<!-- refine_benchmark:end -->"
 
 
 def load_model():
@@ -158,22 +158,6 @@ def _torch_version() -> str:
     return torch.__version__
 
 
-def write_docs(table: str) -> Path:
-    """Replace (or add) this benchmark's section of docs/benchmarks.md, written atomically."""
-    path = REPO / "docs" / "benchmarks.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    block = f"{MARKER_BEGIN}\n{table}\n{MARKER_END}"
-    if MARKER_BEGIN in text and MARKER_END in text:
-        head, rest = text.split(MARKER_BEGIN, 1)
-        text = head + block + rest.split(MARKER_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-samples", type=int, default=32)
@@ -210,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
     print(table)
     if args.write_docs:
-        print(f"wrote {write_docs(table)}")
+        print(f"wrote {write_section('refine_benchmark', table, SECTION)}")
     return 0
 
 
