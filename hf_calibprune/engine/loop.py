@@ -195,11 +195,14 @@ class LayerwiseEngine:
     def _prune_block_one_pass(self, method, index, block, linears, captured, sparsity, pattern) -> list[LayerRecord]:
         records: dict[str, LayerRecord] = {}
         removed: dict[str, torch.Tensor] = {}
+        reduced: set[int] = set()  # q/k/v share one statistic: sum it over processes once
 
         def prune_before_use(name: str, module: nn.Module, stats: InputStatistics, x: torch.Tensor) -> None:
             if name in records:
                 return
-            stats.all_reduce()
+            if id(stats) not in reduced:
+                stats.all_reduce()
+                reduced.add(id(stats))
             record, delta = self._prune_linear(method, index, name, module, stats, sparsity, pattern)
             if record.reconstruction_error is None and delta is not None:
                 removed[name] = delta

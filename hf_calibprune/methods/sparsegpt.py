@@ -88,7 +88,7 @@ class SparseGPT(PruningMethod):
         self, weight: torch.Tensor, stats: InputStatistics | None, sparsity: float, pattern: SparsityPattern
     ) -> PruneResult:
         options = self.options
-        rows, columns = weight.shape
+        columns = weight.shape[1]
         hinv, used_dampening = self._inverse_factor(stats)
         # Columns as contiguous rows: each step of the sweep below reads and updates whole memory rows.
         work = weight.t().float().contiguous()

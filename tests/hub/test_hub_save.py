@@ -199,7 +199,7 @@ def test_a_save_killed_mid_write_leaves_the_old_target_untouched(tmp_path, token
         f"""
         import sys, time
         from pathlib import Path
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path[:0] = [{str(Path(__file__).parents[1])!r}, {str(Path(__file__).parent)!r}]
         from hub_helpers import tiny_llama
         from hf_calibprune import save_sparse
 
