@@ -187,8 +187,8 @@ def run(args) -> list[dict]:
         total = sum(v.numel() for v in ours_zeros.values())
         pruned = sum(int(v.sum()) for v in reference_zeros.values())
         ppl = {}
-        for label, model in (("ours", ours), ("reference", reference)):
-            ppl[label] = perplexity(
+        for side, model in (("ours", ours), ("reference", reference)):
+            ppl[side] = perplexity(
                 model, tokenizer, "wikitext2", seq_len=args.eval_seq_len, limit=args.ppl_windows, data_dir=data_dir,
                 batch_size=4,
             )
