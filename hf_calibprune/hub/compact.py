@@ -131,10 +131,7 @@ def _int_view(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _bitmask_from_bits(weight: torch.Tensor, raw: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    if raw.device.type == "cpu":  # numpy's boolean indexing is several times faster than torch's on CPU
-        values = torch.from_numpy(raw.numpy()[mask.numpy()]).view(weight.dtype)
-    else:
-        values = raw[mask].view(weight.dtype)
+    values = _select(raw, mask).view(weight.dtype)
     return {BITMASK: pack_bits(mask), VALUES: values, SHAPE: torch.tensor(list(weight.shape), dtype=torch.int64)}
 
 
