@@ -27,3 +27,11 @@ def write_section(name: str, body: str, heading: str | None = None, page: str = 
     partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
     return path
+
+
+def command_table(command: str, header: list[str], rows: list[list[str]], text_columns: int) -> str:
+    """``Command: `...` `` and a Markdown table; the first ``text_columns`` columns left-aligned, the rest right."""
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    lines = [f"Command: `{command}`", "", "| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

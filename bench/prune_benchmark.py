@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from docs_section import write_section
+from docs_section import command_table, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -77,21 +77,18 @@ def child(spec: dict) -> dict:
 
 
 def markdown(results: list[dict], command: str) -> str:
-    lines = [
-        f"Command: `{command}`",
-        "",
-        "| method | pattern | schedule | prune s | × dense forward | dense forward s (before / after) | peak RSS MB | sparsity | WikiText-2 ppl |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    header = ["method", "pattern", "schedule", "prune s", "× dense forward", "dense forward s (before / after)",
+              "peak RSS MB", "sparsity", "WikiText-2 ppl"]
+    rows = []
     for r in results:
         if r["method"] == "dense":
-            lines.append(f"| dense | - | - | - | - | - | {r['peak_rss_mb']:.0f} | 0 | {r['perplexity']:.2f} |")
+            rows.append(["dense", "-", "-", "-", "-", "-", f"{r['peak_rss_mb']:.0f}", "0", f"{r['perplexity']:.2f}"])
             continue
-        lines.append(
-            f"| {r['method']} | {r['pattern']} | {r['schedule']} | {r['prune_s']:.1f} | {r['ratio']:.2f} | "
-            f"{r['dense_forward_before_after_s'][0]:.1f} / {r['dense_forward_before_after_s'][1]:.1f} | {r['peak_rss_mb']:.0f} | {r['sparsity']:.4f} | {r['perplexity']:.2f} |"
-        )
-    return "\n".join(lines)
+        before, after = r["dense_forward_before_after_s"]
+        rows.append([r["method"], r["pattern"], r["schedule"], f"{r['prune_s']:.1f}", f"{r['ratio']:.2f}",
+                     f"{before:.1f} / {after:.1f}", f"{r['peak_rss_mb']:.0f}", f"{r['sparsity']:.4f}",
+                     f"{r['perplexity']:.2f}"])
+    return command_table(command, header, rows, text_columns=3)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from docs_section import write_section
+from docs_section import command_table, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -88,15 +88,14 @@ def run(args: argparse.Namespace) -> dict:
 
 def markdown(result: dict, command: str) -> str:
     r = result
+    rows = [
+        ["dense", f"{r['ppl_dense']:.2f}", "0"],
+        ["Wanda 2:4", f"{r['ppl_pruned']:.2f}", f"{r['sparsity']:.4f}"],
+        [f"Wanda 2:4 + {r['adapter']} recovery, {r['steps']} steps", f"{r['ppl_recovered']:.2f}", f"{r['sparsity_after']:.4f}"],
+    ]
     return "\n".join(
         [
-            f"Command: `{command}`",
-            "",
-            "| model | WikiText-2 ppl | sparsity of pruned Linears |",
-            "|---|---:|---:|",
-            f"| dense | {r['ppl_dense']:.2f} | 0 |",
-            f"| Wanda 2:4 | {r['ppl_pruned']:.2f} | {r['sparsity']:.4f} |",
-            f"| Wanda 2:4 + {r['adapter']} recovery, {r['steps']} steps | {r['ppl_recovered']:.2f} | {r['sparsity_after']:.4f} |",
+            command_table(command, ["model", "WikiText-2 ppl", "sparsity of pruned Linears"], rows, text_columns=1),
             "",
             f"Recovery: {r['adapter']}, lr {r['learning_rate']:g}, {r['batch_size']} × {r['seq_len']} tokens per step "
             f"on C4 documents 0-599, {r['recover_s']:.0f} s; training-data loss {r['loss_before']:.3f} → "

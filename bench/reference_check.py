@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from docs_section import write_section
+from docs_section import command_table, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -205,19 +205,14 @@ def run(args) -> list[dict]:
 
 
 def markdown(rows: list[dict], command: str) -> str:
-    lines = [
-        f"Command: `{command}`",
-        "",
-        "| method | pattern | WikiText-2 ppl, ours | reference | difference | zero pattern agreement | reference sparsity | ours s | reference s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    header = ["method", "pattern", "WikiText-2 ppl, ours", "reference", "difference", "zero pattern agreement",
+              "reference sparsity", "ours s", "reference s"]
+    cells = [
+        [r["method"], r["pattern"], f"{r['ppl_ours']:.2f}", f"{r['ppl_reference']:.2f}", f"{r['difference_pct']:+.2f} %",
+         f"{r['mask_agreement']:.4f}", f"{r['reference_sparsity']:.4f}", f"{r['ours_s']:.0f}", f"{r['reference_s']:.0f}"]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['pattern']} | {r['ppl_ours']:.2f} | {r['ppl_reference']:.2f} | "
-            f"{r['difference_pct']:+.2f} % | {r['mask_agreement']:.4f} | {r['reference_sparsity']:.4f} | "
-            f"{r['ours_s']:.0f} | {r['reference_s']:.0f} |"
-        )
-    return "\n".join(lines)
+    return command_table(command, header, cells, text_columns=2)
 
 
 def main() -> None:
