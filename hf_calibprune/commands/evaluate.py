@@ -41,9 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._io import write_json_atomic
     import torch
 
+    from .._io import write_json_atomic
     from ..evaluation import evaluate_model, format_results_table, parse_tasks
     from ..evaluation.checkpoint import record_evaluation
     from ..models.loading import load_model_and_tokenizer
