@@ -274,3 +274,24 @@ def test_ignored_linears_count_as_dense():
     listed = dense_weights(engine.layout, ("down_proj",))
     assert [w.name for w in listed] == ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]
     assert {w.reason for w in listed} == {"ignored"}
+
+
+def test_owl_scores_experts_from_their_routed_tokens(tokenizer, calibration_file):
+    model = tiny_moe("mixtral", num_hidden_layers=3)
+    config = PruningConfig(method="wanda", sparsity=0.5, allocation="owl", owl_lambda=0.1, owl_threshold=1.5,
+                           calibration=str(calibration_file), num_samples=4, seq_len=32)
+    engine = LayerwiseEngine(model, EngineOptions(progress=False, min_expert_tokens=1))
+    captured = engine.capture(*tokens())
+    ratios = engine.outlier_ratios(captured, threshold=1.5)
+    attention_only = LayerwiseEngine(copy.deepcopy(model), EngineOptions(progress=False, ignore=("experts",)))
+    without_experts = attention_only.outlier_ratios(attention_only.capture(*tokens()), threshold=1.5)
+    assert ratios.keys() == without_experts.keys() and ratios != without_experts
+    model = CalibratedPruner(config, tokenizer=tokenizer, progress=False).prune(model)
+    per_block = model.pruning_report.layer_sparsity
+    assert len(set(per_block.values())) > 1
+    for index, block in enumerate(model.model.layers):
+        for matrix in expert_matrices(model):
+            if matrix[0].startswith(f"{index}."):
+                target = per_block[f"model.layers.{index}"]
+                measured = float((matrix[1] == 0).float().mean())
+                assert abs(measured - target) <= 1 / matrix[1].shape[1], matrix[0]  # Wanda compares per row

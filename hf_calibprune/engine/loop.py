@@ -109,26 +109,39 @@ class LayerwiseEngine:
             self._run_block(block, index, captured, None, keep_outputs=True)
 
     def outlier_ratios(self, captured: CapturedInputs, threshold: float) -> dict[str, float]:
-        """OWL's outlier ratio of each block's Wanda scores, propagating dense activations."""
+        """OWL's outlier ratio of each block's Wanda scores (experts' from their routed tokens), propagating dense
+        activations."""
         ratios: dict[str, float] = {}
-        for index, block in enumerate(self._progress(self.layout.blocks, "Measuring outliers")):
-            linears = find_prunable_linears(block, self.options.ignore)
-            collector = StatisticsCollector(linears, hessian=False)
-            with self._placed(block):
-                try:
-                    self._run_block(block, index, captured, collector, keep_outputs=True)
-                finally:
-                    collector.remove()
-                _all_reduce(collector.stats)
-                scores = []
-                for n, m in linears.items():
-                    if n in collector.stats:
-                        norms = collector.stats[n].norms
-                        weight = read_weight(m, root=block, name=n).to(norms.device, torch.float32)
-                        scores.append(wanda_scores(weight, norms).flatten())
-            scores = torch.cat(scores)
-            ratios[self.layout.block_name(index)] = outlier_ratio(scores, threshold)
+        with self._eager_experts():
+            for index, block in enumerate(self._progress(self.layout.blocks, "Measuring outliers")):
+                linears = find_prunable_linears(block, self.options.ignore)
+                collector = StatisticsCollector(linears, hessian=False)
+                experts = self._expert_collector(block, hessian=False)
+                with self._placed(block):
+                    try:
+                        self._run_block(block, index, captured, (collector, experts), keep_outputs=True)
+                    finally:
+                        collector.remove()
+                        if experts is not None:
+                            experts.remove()
+                    _all_reduce(collector.stats)
+                    weights = [
+                        (read_weight(m, root=block, name=n), collector.stats[n]) for n, m in linears.items() if n in collector.stats
+                    ]
+                    if experts is not None:
+                        experts.all_reduce_statistics()
+                        store = ExpertStore(block)
+                        weights += [(store.read(m), experts.statistics(m)) for m in self._expert_matrices(block)]
+                    scores = [
+                        wanda_scores(weight.to(stats.norms.device, torch.float32), stats.norms).flatten()
+                        for weight, stats in weights
+                        if stats.num_tokens
+                    ]
+                ratios[self.layout.block_name(index)] = outlier_ratio(torch.cat(scores), threshold)
         return ratios
+
+    def _eager_experts(self):
+        return eager_experts([f for block in self.layout.blocks for f in find_fused_experts(block)])
 
     def prune(
         self,
@@ -148,7 +161,7 @@ class LayerwiseEngine:
         done = checkpoint.completed_blocks() if checkpoint is not None else 0
         if done:
             layers, blocks = checkpoint.restore(self.layout, captured)
-        with eager_experts([f for block in self.layout.blocks for f in find_fused_experts(block)]):
+        with self._eager_experts():
             for index, block in enumerate(self._progress(self.layout.blocks, "Pruning blocks")):
                 if index >= done:
                     layers.extend(self._prune_block(method, pattern, layer_sparsity, captured, index, block, blocks))
