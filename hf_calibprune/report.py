@@ -178,8 +178,7 @@ def _expert_summary(layers: list[LayerRecord]) -> dict[str, dict[str, list]]:
     for record in layers:
         if "tokens" not in record.info:
             continue
-        module = record.name.split("[", 1)[0].rsplit(".", 1)[0]
-        summary.setdefault(module, {})[record.info["expert"]] = (record.info["tokens"], record.info["statistics"])
+        summary.setdefault(record.info["experts"], {})[record.info["expert"]] = (record.info["tokens"], record.info["statistics"])
     return {
         module: {
             "tokens": [experts[i][0] for i in sorted(experts)],

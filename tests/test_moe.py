@@ -295,3 +295,94 @@ def test_owl_scores_experts_from_their_routed_tokens(tokenizer, calibration_file
                 target = per_block[f"model.layers.{index}"]
                 measured = float((matrix[1] == 0).float().mean())
                 assert abs(measured - target) <= 1 / matrix[1].shape[1], matrix[0]  # Wanda compares per row
+
+
+class _LegacyExpert(nn.Module):
+    """transformers 4.x ``MixtralBlockSparseTop2MLP``: one expert as three Linears."""
+
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(hidden, intermediate, bias=False)
+        self.w2 = nn.Linear(intermediate, hidden, bias=False)
+        self.w3 = nn.Linear(hidden, intermediate, bias=False)
+
+    def forward(self, x):
+        return self.w2(nn.functional.silu(self.w1(x)) * self.w3(x))
+
+
+class _LegacySparseMoe(nn.Module):
+    """transformers 4.x ``MixtralSparseMoeBlock``: a Linear router and an ``nn.ModuleList`` of experts."""
+
+    def __init__(self, hidden: int, intermediate: int, num_experts: int = 4, top_k: int = 2) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.gate = nn.Linear(hidden, num_experts, bias=False)
+        self.experts = nn.ModuleList(_LegacyExpert(hidden, intermediate) for _ in range(num_experts))
+
+    def forward(self, hidden_states):
+        batch, length, width = hidden_states.shape
+        flat = hidden_states.reshape(-1, width)
+        weights, selected = torch.topk(torch.softmax(self.gate(flat), dim=-1), self.top_k, dim=-1)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        out = torch.zeros_like(flat)
+        for index, expert in enumerate(self.experts):
+            token, slot = torch.where(selected == index)
+            if token.numel():
+                out.index_add_(0, token, expert(flat[token]) * weights[token, slot, None])
+        return out.reshape(batch, length, width)
+
+
+def test_experts_kept_as_a_module_list_are_found_pruned_from_routed_tokens_and_their_router_stays_dense():
+    model = tiny_model("llama")
+    torch.manual_seed(0)
+    for block in model.model.layers:
+        block.mlp = _LegacySparseMoe(32, 24)
+    routers = [block.mlp.gate.weight.detach().clone() for block in model.model.layers]
+    routed = {}
+    handles = [
+        block.mlp.experts[e].w2.register_forward_pre_hook(lambda m, a, key=(i, e): routed.update({key: a[0].shape[0]}))
+        for i, block in enumerate(model.model.layers) for e in range(4)
+    ]
+    prune(model, "sparsegpt")
+    for handle in handles:
+        handle.remove()
+    for index, block in enumerate(model.model.layers):
+        assert torch.equal(block.mlp.gate.weight, routers[index])
+        for expert in block.mlp.experts:
+            for linear in (expert.w1, expert.w2, expert.w3):
+                assert float((linear.weight == 0).float().mean()) == 0.5
+    from hf_calibprune.engine.accounting import dense_weights
+
+    listed = dense_weights(LayerwiseEngine(model, EngineOptions(progress=False)).layout)
+    assert [(w.name, w.reason) for w in listed] == [(f"model.layers.{i}.mlp.gate.weight", "router") for i in range(2)]
+    assert len(routed) == 8  # every expert of every block was called with its routed tokens only
+
+
+def _legacy_moe_model(unrouted_expert=None):
+    model = tiny_model("llama")
+    torch.manual_seed(0)
+    for block in model.model.layers:
+        block.mlp = _LegacySparseMoe(32, 24)
+        if unrouted_expert is not None:
+            block.mlp.gate = nn.Linear(32, 4, bias=True)
+            with torch.no_grad():
+                block.mlp.gate.bias.zero_()
+                block.mlp.gate.bias[unrouted_expert] = -1e4
+    return model
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "one-pass"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_module_list_experts_routed_no_tokens_are_pruned_from_every_token(method, schedule):
+    model = _legacy_moe_model(unrouted_expert=3)
+    reference = _legacy_moe_model(unrouted_expert=3)
+    layers, _ = prune(model, method, schedule=schedule, min_expert_tokens=1)
+    prune(reference, method, schedule=schedule, moe_calibration="all")
+    unrouted = [r for r in layers if ".experts.3." in r.name]
+    assert len(unrouted) == 6 and all(r.measured_sparsity == 0.5 for r in unrouted)
+    assert all(r.info["tokens"] == 0 and r.info["statistics"] == "all" for r in unrouted)
+    routed = [r for r in layers if ".experts.0." in r.name]
+    assert all(r.info["tokens"] > 0 and r.info["statistics"] == "routed" for r in routed)
+    first, twin = model.model.layers[0].mlp.experts[3], reference.model.layers[0].mlp.experts[3]
+    for name in ("w1", "w2", "w3"):
+        assert torch.equal(getattr(first, name).weight, getattr(twin, name).weight), name

@@ -30,7 +30,7 @@ from ..sparsity import InputStatistics, LayerSparsity, SparsityPattern, outlier_
 from .capture import CapturedInputs, block_hidden_output, capture_block_inputs
 from .checkpointing import BlockCheckpoint
 from .distributed import all_reduce_sums, broadcast_, resolve_device
-from .experts import ExpertCollector, ExpertStore, MoeCalibration, eager_experts
+from .experts import ExpertCollector, ExpertListCalls, ExpertStore, MoeCalibration, eager_experts
 from .hooks import AllInputsGathered, ErrorMeter, StatisticsCollector, hessian_error
 from .offload import read_weight, write_weight
 
@@ -197,6 +197,55 @@ class LayerwiseEngine:
             if not any(pattern in f"{fused.name}.{matrix.parameter}" for pattern in self.options.ignore)
         ]
 
+    def _expert_lists(self, block: nn.Module, linears: dict[str, nn.Module]) -> dict[str, list[list[str]]]:
+        """``nn.ModuleList`` experts: MoE module path → for each expert, the names of its pruned Linears."""
+        found = {}
+        for moe in find_moe_blocks(block):
+            if moe.fused is None:
+                prefix = f"{moe.name}.experts." if moe.name else "experts."
+                found[moe.name] = [
+                    [n for n in linears if n.startswith(f"{prefix}{expert}.")] for expert in range(moe.num_experts)
+                ]
+        return found
+
+    def _experts_path(self, index: int, moe: str) -> str:
+        return ".".join(part for part in (self.layout.block_name(index), moe, "experts") if part)
+
+    def _module_list_statistics(self, block, index, captured, collector, counter, lists, hessian) -> dict[str, dict]:
+        """Sequential schedule, ``nn.ModuleList`` experts: those routed fewer than ``min_expert_tokens`` tokens (every
+        one under ``"all"``) get statistics over every token from one more pass. Returns each Linear's expert facts."""
+        counter.all_reduce_counts()
+        everything = self.options.moe_calibration == "all"
+        runs = {
+            moe: [e for e, count in enumerate(counter.tokens[moe]) if everything or count < self.options.min_expert_tokens]
+            for moe in lists
+        }
+        runs = {moe: experts for moe, experts in runs.items() if experts}
+        if runs:
+            fallback = {n: block.get_submodule(n) for moe, experts in runs.items() for e in experts for n in lists[moe][e]}
+            for name in fallback:
+                collector.stats.pop(name, None)
+            second = StatisticsCollector(fallback, hessian=hessian)
+            second.paused = True
+            calls = ExpertListCalls(block, runs, collector=second)
+            try:
+                self._run_block(block, index, captured, (second, calls), keep_outputs=False)
+            finally:
+                second.remove()
+                calls.remove()
+            collector.stats.update(second.stats)
+        return {
+            name: {
+                "experts": self._experts_path(index, moe),
+                "expert": expert,
+                "tokens": counter.tokens[moe][expert],
+                "statistics": "all" if expert in runs.get(moe, ()) else "routed",
+            }
+            for moe, experts in lists.items()
+            for expert, names in enumerate(experts)
+            for name in names
+        }
+
     def _expert_collector(self, block, hessian: bool, prune=None) -> ExpertCollector | None:
         experts = [f for f in find_fused_experts(block) if any(m.experts == f.name for m in self._expert_matrices(block))]
         if not experts:
@@ -214,9 +263,14 @@ class LayerwiseEngine:
         hessian = self._needs_gram(method)
         collector = StatisticsCollector(linears, hessian=hessian, stop_early=stop_early)
         experts = self._expert_collector(block, hessian)
+        lists = self._expert_lists(block, linears)
+        counter = ExpertListCalls(block, {moe: [] for moe in lists}) if lists else None
         try:
-            self._run_block(block, index, captured, (collector, experts), keep_outputs=False)
+            self._run_block(block, index, captured, (collector, experts, counter), keep_outputs=False)
             collector.remove()
+            if counter is not None:
+                counter.remove()
+                list_info = self._module_list_statistics(block, index, captured, collector, counter, lists, hessian)
             if experts is not None:
                 experts.all_reduce_counts()
                 fallback = experts.fallback_experts()
@@ -228,10 +282,14 @@ class LayerwiseEngine:
             collector.remove()
             if experts is not None:
                 experts.remove()
+            if counter is not None:
+                counter.remove()
         _all_reduce(collector.stats)
         records, removed = [], {}
         for name, module in linears.items():
             record, delta = self._prune_linear(method, index, name, module, collector.stats.get(name), sparsity, pattern)
+            if counter is not None:
+                record.info.update(list_info.get(name, {}))
             records.append(record)
             if record.reconstruction_error is None and delta is not None:
                 removed[name] = delta
@@ -281,14 +339,35 @@ class LayerwiseEngine:
         collector = StatisticsCollector(linears, hessian=self._needs_gram(method), on_input=prune_before_use)
         experts = self._expert_collector(block, self._needs_gram(method), prune=prune_experts)
         meter = ErrorMeter(linears, removed) if self.options.measure_error and not self._needs_gram(method) else None
+        lists = self._expert_lists(block, linears)
+        everything = self.options.moe_calibration == "all"
+        # nn.ModuleList experts: under "all" each runs on every token before the module (and is pruned there);
+        # under "routed" each is pruned at its first routed call, and one never called from every token after.
+        calls = ExpertListCalls(
+            block, {moe: list(range(len(e))) if everything else [] for moe, e in lists.items()}, keep_inputs=True
+        ) if lists else None
         try:
-            self._run_block(block, index, captured, (collector, experts, meter), keep_outputs=True)
+            self._run_block(block, index, captured, (collector, experts, meter, calls), keep_outputs=True)
+            for moe, per_expert in lists.items():
+                unrouted = [e for e, names in enumerate(per_expert) if any(n not in records for n in names)]
+                if unrouted:
+                    calls.run(moe, torch.cat(calls.inputs[moe]), unrouted)
         finally:
             collector.remove()
             if experts is not None:
                 experts.remove()
             if meter is not None:
                 meter.remove()
+            if calls is not None:
+                calls.remove()
+        for moe, per_expert in lists.items():
+            for expert, names in enumerate(per_expert):
+                routed = calls.tokens[moe][expert]
+                for name in names:
+                    records[name].info.update(
+                        experts=self._experts_path(index, moe), expert=expert, tokens=routed,
+                        statistics="all" if everything or not routed else "routed",
+                    )
         pruned = {record.name for record in expert_records}
         for matrix in matrices:  # an experts module the pass never called (no MoE layer ran)
             if f"{self.layout.block_name(index)}.{matrix.name}" not in pruned:
@@ -306,7 +385,7 @@ class LayerwiseEngine:
         self, method, index, store: ExpertStore, matrix: ExpertMatrix, experts: ExpertCollector | None, sparsity, pattern
     ) -> LayerRecord:
         stats = experts.statistics(matrix) if experts is not None else None
-        info = {"expert": matrix.expert}
+        info = {"experts": f"{self.layout.block_name(index)}.{matrix.experts}", "expert": matrix.expert}
         if experts is not None:
             info["tokens"] = experts.tokens[matrix.experts][matrix.expert]
             info["statistics"] = experts.sources[matrix.experts][matrix.expert]
