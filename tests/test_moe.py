@@ -36,13 +36,21 @@ def prune(model, method="wanda", pattern="unstructured", schedule="sequential", 
 
 
 def expert_matrices(model):
-    """(name, [out, in] matrix) of every expert's gate, up and down in every block, read from the parameters."""
+    """(name, [out, in] matrix) of every expert's gate, up and down in every block, sliced here from the 3-D
+    parameters by the layout transformers documents (not by hf_calibprune's own discovery)."""
     found = []
     for index, block in enumerate(model.model.layers):
-        for fused in find_fused_experts(block):
-            for matrix in fused.matrices():
-                value = getattr(fused.module, matrix.parameter).detach()
-                found.append((f"{index}.{matrix.name}", matrix.view(value)))
+        experts = getattr(getattr(block, "mlp", None), "experts", None)
+        if not isinstance(getattr(experts, "down_proj", None), torch.Tensor):
+            continue
+        for expert in range(experts.down_proj.shape[0]):
+            gate_up, down = experts.gate_up_proj[expert].detach(), experts.down_proj[expert].detach()
+            if experts.is_transposed:  # gpt-oss: [in, out], gate and up interleaved column by column
+                gate, up, down = gate_up[:, ::2].t(), gate_up[:, 1::2].t(), down.t()
+            else:
+                gate, up = gate_up.chunk(2)
+            for part, matrix in (("gate", gate), ("up", up), ("down", down)):
+                found.append((f"{index}.{expert}.{part}", matrix))
     return found
 
 
@@ -124,7 +132,7 @@ def test_an_expert_routed_no_tokens_is_pruned_from_every_token(architecture, met
             assert torch.equal(getattr(fused.module, parameter)[3], getattr(twin.module, parameter)[3])
 
 
-def _experts_inputs(model, block_index, ids):
+def _experts_inputs(model, block_index, ids, mask):
     """Inputs and routing of the experts of block ``block_index`` in a forward of ``model``."""
     seen = {}
     experts = find_fused_experts(model.model.layers[block_index])[0].module
@@ -134,7 +142,7 @@ def _experts_inputs(model, block_index, ids):
 
     handle = experts.register_forward_pre_hook(hook)
     with torch.no_grad():
-        model(input_ids=ids)
+        model(input_ids=ids, attention_mask=mask)
     handle.remove()
     return seen["hidden"], seen["index"]
 
@@ -154,28 +162,35 @@ def _assert_mask_matches(matrix, weight, inputs, name):
     assert bool(((expected == actual) | near_tie).all()), name
 
 
-def test_wanda_expert_masks_equal_a_direct_computation_from_routed_inputs_in_every_block():
+@pytest.mark.parametrize("padding", [0, 8])
+@pytest.mark.parametrize("schedule", ["sequential", "one-pass"])
+def test_wanda_expert_masks_equal_a_direct_computation_from_routed_inputs_in_every_block(schedule, padding):
     dense = tiny_moe("mixtral", num_hidden_layers=3)
     model = copy.deepcopy(dense)
-    ids, _ = tokens()
-    prune(model, "wanda")
+    ids, mask = tokens()
+    mask[0, mask.shape[1] - padding :] = 0
+    engine = LayerwiseEngine(model, EngineOptions(batch_size=4, schedule=schedule, progress=False, min_expert_tokens=1))
+    sparsities = {engine.layout.block_name(i): 0.5 for i in range(3)}
+    engine.prune(build_method("wanda"), parse_pattern("unstructured"), sparsities, engine.capture(ids, mask))
     for index, block in enumerate(model.model.layers):
-        # The sequential schedule gathers block k's statistics from dense block k on the pruned blocks' outputs.
+        # Sequential: block k's statistics come from dense block k on the pruned blocks' outputs. One-pass: from
+        # the pruned model itself, each matrix's inputs computed through the matrices pruned before it.
         probe = copy.deepcopy(model)
-        probe.model.layers[index].load_state_dict(dense.model.layers[index].state_dict())
-        hidden, routing = _experts_inputs(probe, index, ids)
-        dense_experts = dense.model.layers[index].mlp.experts
+        if schedule == "sequential":
+            probe.model.layers[index].load_state_dict(dense.model.layers[index].state_dict())
+        hidden, routing = _experts_inputs(probe, index, ids, mask)
+        source = probe.model.layers[index].mlp.experts
+        pruned = block.mlp.experts
         for expert in range(4):
-            routed = hidden[(routing == expert).any(dim=-1)]
-            gate_up = dense_experts.gate_up_proj[expert].detach()
-            gate, up = gate_up.chunk(2)
-            down_inputs = dense_experts.act_fn(routed @ gate.t()) * (routed @ up.t())
-            pruned = block.mlp.experts
+            routed = hidden[(routing == expert).any(dim=-1) & mask.reshape(-1).bool()]
+            gate, up = source.gate_up_proj[expert].detach().chunk(2)
+            down_inputs = source.act_fn(routed @ gate.t()) * (routed @ up.t())
+            dense_gate, dense_up = dense.model.layers[index].mlp.experts.gate_up_proj[expert].detach().chunk(2)
             half = gate.shape[0]
-            _assert_mask_matches(pruned.gate_up_proj[expert][:half], gate, routed, f"{index}.{expert}.gate")
-            _assert_mask_matches(pruned.gate_up_proj[expert][half:], up, routed, f"{index}.{expert}.up")
-            _assert_mask_matches(pruned.down_proj[expert], dense_experts.down_proj[expert].detach(), down_inputs,
-                                 f"{index}.{expert}.down")
+            _assert_mask_matches(pruned.gate_up_proj[expert][:half], dense_gate, routed, f"{index}.{expert}.gate")
+            _assert_mask_matches(pruned.gate_up_proj[expert][half:], dense_up, routed, f"{index}.{expert}.up")
+            _assert_mask_matches(pruned.down_proj[expert], dense.model.layers[index].mlp.experts.down_proj[expert].detach(),
+                                 down_inputs, f"{index}.{expert}.down")
 
 
 @pytest.mark.parametrize("calibration", ["routed", "all"])
