@@ -1,11 +1,12 @@
 """The model card (README.md) of a pruned checkpoint, written from the :class:`PruningReport`.
 
 Every number in the card is a measured one from the report (achieved sparsity, calibration fingerprint,
-evaluation results), never the request. The card is built with huggingface_hub's
-:class:`~huggingface_hub.ModelCard` / :class:`~huggingface_hub.ModelCardData`, so the Hub parses its metadata
-back to the same values. An existing README is merged, not clobbered: the user's text and metadata are kept,
-tags are united, and only the section between :data:`START_MARKER` and :data:`END_MARKER` is replaced
-(the approach of peft's ``create_or_update_model_card``).
+evaluation results), never the request. The wording lives in one Jinja template,
+``templates/modelcard_template.md`` (:data:`TEMPLATE`), rendered with huggingface_hub's
+``ModelCard.from_template`` from values this module prepares; a new row is a new template line. The metadata is a
+:class:`~huggingface_hub.ModelCardData`, so the Hub parses it back to the same values. An existing README is
+merged, not clobbered: the user's text and metadata are kept, tags are united, and only the section between
+:data:`START_MARKER` and :data:`END_MARKER` is replaced (the approach of peft's ``create_or_update_model_card``).
 
 ``library_name`` is ``transformers``: a dense checkpoint loads with plain ``AutoModelForCausalLM`` and a
 compact one through transformers' ``from_pretrained`` once hf_calibprune is imported, so the Hub's
@@ -29,6 +30,7 @@ __all__ = [
     "START_MARKER",
     "END_MARKER",
     "CITATIONS",
+    "TEMPLATE",
     "build_model_card",
     "card_metadata",
     "card_section",
@@ -42,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 START_MARKER = "<!-- hf_calibprune:start (this section is rewritten by hf_calibprune; edit outside it) -->"
 END_MARKER = "<!-- hf_calibprune:end -->"
+#: The card's wording: a Jinja template rendered with huggingface_hub's ``ModelCard.from_template``.
+TEMPLATE = Path(__file__).with_name("templates") / "modelcard_template.md"
 _SECTION_RE = re.compile(r"<!-- hf_calibprune:start[^>]*-->.*?<!-- hf_calibprune:end -->", re.DOTALL)
 
 CITATIONS: dict[str, str] = {
@@ -340,6 +344,85 @@ def _scalar_items(mapping: Mapping[str, Any], first: tuple[str, ...]) -> list[tu
     return items
 
 
+def _source_rows(calibration: Mapping[str, Any]) -> list[list[str]]:
+    sources = [s for key in _NESTED_KEYS for s in (calibration.get(key) or []) if isinstance(s, Mapping)]
+    rows = []
+    shown = ("name", "source", "origin", "num_samples", "weight", "format")
+    for source in sources:
+        details = dict(_scalar_items({k: v for k, v in source.items() if k not in shown and v is not None}, ()))
+        row = [
+            source.get("name") or source.get("source") or "–",
+            source.get("origin", "–"),
+            source.get("num_samples", "–"),
+            _fmt(source.get("weight")),
+            source.get("format", "–"),
+            ", ".join(f"{k}: {v}" for k, v in details.items()) or "–",
+        ]
+        rows.append([str(cell).replace("<", "&lt;").replace(">", "&gt;") for cell in row])
+    return rows
+
+
+def _citations(method: str, allocation: Any) -> list[str]:
+    cited = [key for key in CITATIONS if key == str(method).lower()]
+    if str(allocation).lower() == "owl":
+        cited.append("owl")
+    cited.append("calibration")
+    return [CITATIONS[key] for key in cited]
+
+
+def _template_context(
+    report: Mapping[str, Any],
+    config: Mapping[str, Any] | None,
+    *,
+    base_model: str | None,
+    checkpoint: Mapping[str, Any] | None,
+    command: str | None,
+) -> dict[str, Any]:
+    """The values :data:`TEMPLATE` lays out; the wording lives in the template."""
+    config = dict(config or {})
+    method = report.get("method") or config.get("method") or "unknown"
+    calibration = dict(report.get("calibration") or {})
+    scalars = {k: v for k, v in calibration.items() if k not in _NESTED_KEYS}
+    first = ("source", "format", "num_samples", "seq_len", "seed", "shots", "token_sha256", "hash")
+    return {
+        "start_marker": START_MARKER,
+        "end_marker": END_MARKER,
+        "report": report,
+        "model_label": f"`{base_model}`" if base_model else "the base model",
+        "method": method,
+        "pattern": report.get("pattern") or config.get("pattern") or "unknown",
+        "checkpoint": dict(checkpoint) if checkpoint else None,
+        "block_rows": _block_rows(report),
+        "calibration": calibration,
+        "calibration_rows": _scalar_items(scalars, first) if calibration else [],
+        "source_rows": _source_rows(calibration),
+        "calibration_datasets": calibration_dataset_ids(calibration) if calibration else [],
+        "evaluation_rows": evaluation_rows(report.get("evaluation")),
+        "command": command,
+        "reproduce_model": base_model or "<base model>",
+        "config_json": json.dumps(config, indent=2, sort_keys=True, default=str) if config else None,
+        "versions": report.get("versions") or {},
+        "citations": _citations(method, report.get("allocation") or config.get("allocation")),
+        "pct": _pct,
+        "fmt": _fmt,
+        "number": _number,
+    }
+
+
+def _render(data: ModelCardData, context: Mapping[str, Any]) -> ModelCard:
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.from_template(data, template_path=str(TEMPLATE), **context)
+    return ModelCard(card.content.rstrip("\n") + "\n")
+
+
+def _section_of(card: ModelCard) -> str:
+    match = _SECTION_RE.search(card.text)
+    if match is None:  # pragma: no cover - the shipped template always holds both markers
+        raise ValueError(f"{TEMPLATE} lost its {START_MARKER!r} / {END_MARKER!r} markers.")
+    return match.group(0)
+
+
 def card_section(
     report: Mapping[str, Any],
     config: Mapping[str, Any] | None = None,
@@ -348,103 +431,9 @@ def card_section(
     checkpoint: Mapping[str, Any] | None = None,
     command: str | None = None,
 ) -> str:
-    """The markdown section hf_calibprune owns in the card, markers included."""
-    config = dict(config or {})
-    method = report.get("method") or config.get("method") or "unknown"
-    pattern = report.get("pattern") or config.get("pattern") or "unknown"
-    calibration = dict(report.get("calibration") or {})
-    lines = [START_MARKER, "", "## Pruning (hf_calibprune)", ""]
-    source = f"`{base_model}`" if base_model else "the base model"
-    lines.append(
-        f"This model is {source} pruned with **{method}** to **{pattern}** sparsity by "
-        "[hf_calibprune](https://pypi.org/project/hf_calibprune/), layer by layer on calibration data. "
-        "Pruned weights are exact zeros; every number below was measured on the pruned weights."
-    )
-    lines += [
-        "",
-        "| | |",
-        "|---|---|",
-        f"| method | {method} |",
-        f"| pattern | {pattern} |",
-        f"| requested sparsity | {_pct(report.get('requested_sparsity'))} |",
-        f"| measured sparsity (pruned layers) | {_pct(report.get('overall_sparsity'))} |",
-        f"| pruned layers | {len(report.get('layers') or [])} |",
-    ]
-    if _number(report.get("seconds")) is not None:
-        lines.append(f"| pruning time | {_fmt(report.get('seconds'))} s |")
-    if checkpoint:
-        lines.append(f"| checkpoint format | {checkpoint.get('format', 'dense')} |")
-        if checkpoint.get("size_ratio") is not None:
-            lines.append(
-                f"| checkpoint size | {_fmt(checkpoint.get('size_ratio'))}x the dense checkpoint "
-                f"({checkpoint.get('weights_bytes')} bytes of weights) |"
-            )
-    if checkpoint and checkpoint.get("format") == "compact":
-        lines += [
-            "",
-            "This is a **compact** checkpoint (bitmask / N:M indices plus kept values). Load it with "
-            "`pip install hf_calibprune` and `import hf_calibprune` before `AutoModelForCausalLM.from_pretrained`; "
-            "it decompresses into a plain dense model.",
-        ]
-    rows = _block_rows(report)
-    if rows:
-        lines += ["", "### Sparsity per decoder block", "", "| block | requested | measured | seconds |", "|---|---|---|---|"]
-        lines += [f"| {b} | {r} | {m} | {s} |" for b, r, m, s in rows]
-    if calibration:
-        lines += ["", "### Calibration", "", "| | |", "|---|---|"]
-        first = ("source", "format", "num_samples", "seq_len", "seed", "shots", "token_sha256", "hash")
-        scalars = {k: v for k, v in calibration.items() if k not in _NESTED_KEYS}
-        lines += [f"| {k} | {v} |" for k, v in _scalar_items(scalars, first)]
-        sources = [s for key in _NESTED_KEYS for s in (calibration.get(key) or []) if isinstance(s, Mapping)]
-        if sources:
-            lines += ["", "| source | origin | samples | weight | format | details |", "|---|---|---|---|---|---|"]
-            for source in sources:
-                shown = ("name", "source", "origin", "num_samples", "weight", "format")
-                details = dict(_scalar_items({k: v for k, v in source.items() if k not in shown and v is not None}, ()))
-                lines.append(
-                    "| {} | {} | {} | {} | {} | {} |".format(
-                        source.get("name") or source.get("source") or "–",
-                        source.get("origin", "–"),
-                        source.get("num_samples", "–"),
-                        _fmt(source.get("weight")),
-                        source.get("format", "–"),
-                        ", ".join(f"{k}: {v}" for k, v in details.items()) or "–",
-                    ).replace("<", "&lt;").replace(">", "&gt;")
-                )
-        datasets = calibration_dataset_ids(calibration)
-        if datasets:
-            lines += ["", "Calibration datasets: " + ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets)]
-    evaluation = evaluation_rows(report.get("evaluation"))
-    if evaluation:
-        lines += ["", "### Evaluation", "", "| evaluation | metric | dense | pruned |", "|---|---|---|---|"]
-        lines += [f"| {r['name']} | {r['metric']} | {_fmt(r['dense'])} | {_fmt(r['pruned'])} |" for r in evaluation]
-    lines += ["", "### Reproduce", ""]
-    if command:
-        lines += ["```bash", command, "```", ""]
-    lines += [
-        "```python",
-        "from hf_calibprune import CalibratedPruner, PruningConfig",
-        "",
-        'config = PruningConfig.from_pretrained("<this checkpoint>")  # reads pruning_config.json',
-        f'model = CalibratedPruner.from_pretrained("{base_model or "<base model>"}", config)',
-        "```",
-    ]
-    if config:
-        lines += ["", "<details><summary>pruning_config.json</summary>", "", "```json"]
-        lines.append(json.dumps(config, indent=2, sort_keys=True, default=str))
-        lines += ["```", "", "</details>"]
-    versions = report.get("versions") or {}
-    if versions:
-        lines += ["", "Library versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))]
-    lines += ["", "### References", ""]
-    cited = [key for key in CITATIONS if key == str(method).lower()]
-    allocation = report.get("allocation") or config.get("allocation")
-    if str(allocation).lower() == "owl":
-        cited.append("owl")
-    cited.append("calibration")
-    lines += [f"- {CITATIONS[key]}" for key in cited]
-    lines += ["", END_MARKER]
-    return "\n".join(lines)
+    """The markdown section hf_calibprune owns in the card, markers included (rendered from :data:`TEMPLATE`)."""
+    context = _template_context(report, config, base_model=base_model, checkpoint=checkpoint, command=command)
+    return _section_of(_render(card_metadata(report, base_model=base_model), context))
 
 
 def merge_model_card(existing: str | None, data: ModelCardData, section: str) -> ModelCard:
@@ -520,5 +509,8 @@ def build_model_card(
         model_name=model_name,
         checkpoint_format=(checkpoint or {}).get("format"),
     )
-    section = card_section(report_dict, config_dict, base_model=base_model, checkpoint=checkpoint, command=command)
-    return merge_model_card(existing, data, section)
+    context = _template_context(report_dict, config_dict, base_model=base_model, checkpoint=checkpoint, command=command)
+    card = _render(data, context)
+    if not existing or not existing.strip():
+        return card
+    return merge_model_card(existing, data, _section_of(card))
