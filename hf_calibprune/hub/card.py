@@ -23,6 +23,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from .publication import HUB_ID_RE, Publication, is_hub_id, prepare_publication
+
 if TYPE_CHECKING:  # huggingface_hub's card module is slow to import: loaded when a card is built
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -33,11 +35,11 @@ __all__ = [
     "TEMPLATE",
     "build_model_card",
     "card_metadata",
-    "card_section",
     "calibration_dataset_ids",
     "evaluation_rows",
     "base_model_license",
     "merge_model_card",
+    "render_model_card",
 ]
 
 logger = logging.getLogger(__name__)
@@ -91,7 +93,6 @@ _KNOWN_DATASETS: dict[str, str] = {
     "rte": "nyu-mll/glue",
     "mnli": "nyu-mll/glue",
 }
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _ID_KEYS = ("hub_id", "hub_ids", "dataset_id", "dataset_ids", "datasets", "path", "name", "source")
 _NESTED_KEYS = ("components", "sources", "mixture", "parts")
 
@@ -112,7 +113,7 @@ def _hub_id(value: Any) -> str | None:
     key = value.strip().lower().split(":", 1)[0]  # "gsm8k:icl" names the gsm8k source in ICL format
     if key in _KNOWN_DATASETS:
         return _KNOWN_DATASETS[key]
-    if _HUB_ID_RE.match(value) and not os.path.exists(value) and not value.endswith((".json", ".jsonl", ".txt")):
+    if HUB_ID_RE.match(value) and not os.path.exists(value) and not value.endswith((".json", ".jsonl", ".txt")):
         return value
     return None
 
@@ -210,7 +211,7 @@ def base_model_license(name_or_path: str | os.PathLike | None) -> str | None:
     path = Path(name_or_path)
     if path.is_dir() and (path / "README.md").is_file():
         readme = str(path / "README.md")
-    elif _HUB_ID_RE.match(str(name_or_path)):
+    elif HUB_ID_RE.match(str(name_or_path)):
         try:
             from huggingface_hub import try_to_load_from_cache
 
@@ -269,7 +270,7 @@ def card_metadata(
         )
         for row in rows
     ]
-    if base_model is not None and (not _HUB_ID_RE.match(base_model) or os.path.exists(base_model)):
+    if not is_hub_id(base_model):
         base_model = None  # a local path is not a Hub id the metadata may name
     return ModelCardData(
         base_model=base_model,
@@ -370,16 +371,26 @@ def _citations(method: str, allocation: Any) -> list[str]:
     return [CITATIONS[key] for key in cited]
 
 
-def _template_context(
-    report: Mapping[str, Any],
-    config: Mapping[str, Any] | None,
-    *,
-    base_model: str | None,
-    checkpoint: Mapping[str, Any] | None,
-    command: str | None,
-) -> dict[str, Any]:
+def _execution_line(execution: Mapping[str, Any] | None) -> str | None:
+    """One line saying how many processes ran, on which backend and devices, and each one's samples."""
+    if not execution or not execution.get("world_size"):
+        return None
+    world = execution["world_size"]
+    backend = execution.get("backend")
+    head = f"{world} ({backend})" if backend else str(world)
+    parts = []
+    for process in execution.get("processes") or []:
+        first, stop = (process.get("samples") or [0, 0])[:2]
+        shown = f"samples {first}–{stop - 1}" if stop > first else "no samples"
+        devices = ", ".join(process.get("devices") or []) or "–"
+        parts.append(f"rank {process.get('rank')}: {shown} on {devices}")
+    return head + (": " + "; ".join(parts) if parts else "")
+
+
+def _template_context(publication: Publication, checkpoint: Mapping[str, Any] | None) -> dict[str, Any]:
     """The values :data:`TEMPLATE` lays out; the wording lives in the template."""
-    config = dict(config or {})
+    report = publication.report
+    config = dict(publication.config or {})
     method = report.get("method") or config.get("method") or "unknown"
     calibration = dict(report.get("calibration") or {})
     scalars = {k: v for k, v in calibration.items() if k not in _NESTED_KEYS}
@@ -388,18 +399,20 @@ def _template_context(
         "start_marker": START_MARKER,
         "end_marker": END_MARKER,
         "report": report,
-        "model_label": f"`{base_model}`" if base_model else "the base model",
+        "model_label": publication.model_label,
         "method": method,
         "pattern": report.get("pattern") or config.get("pattern") or "unknown",
+        "execution": _execution_line(report.get("execution")),
         "checkpoint": dict(checkpoint) if checkpoint else None,
         "block_rows": _block_rows(report),
         "calibration": calibration,
         "calibration_rows": _scalar_items(scalars, first) if calibration else [],
         "source_rows": _source_rows(calibration),
         "calibration_datasets": calibration_dataset_ids(calibration) if calibration else [],
+        "local_files": publication.local_files,
         "evaluation_rows": evaluation_rows(report.get("evaluation")),
-        "command": command,
-        "reproduce_model": base_model or "<base model>",
+        "command": publication.command,
+        "reproduce_model": publication.base_model or "<base model>",
         "config_json": json.dumps(config, indent=2, sort_keys=True, default=str) if config else None,
         "versions": report.get("versions") or {},
         "citations": _citations(method, report.get("allocation") or config.get("allocation")),
@@ -409,31 +422,11 @@ def _template_context(
     }
 
 
-def _render(data: ModelCardData, context: Mapping[str, Any]) -> ModelCard:
-    from huggingface_hub import ModelCard
-
-    card = ModelCard.from_template(data, template_path=str(TEMPLATE), **context)
-    return ModelCard(card.content.rstrip("\n") + "\n")
-
-
 def _section_of(card: ModelCard) -> str:
     match = _SECTION_RE.search(card.text)
     if match is None:  # pragma: no cover - the shipped template always holds both markers
         raise ValueError(f"{TEMPLATE} lost its {START_MARKER!r} / {END_MARKER!r} markers.")
     return match.group(0)
-
-
-def card_section(
-    report: Mapping[str, Any],
-    config: Mapping[str, Any] | None = None,
-    *,
-    base_model: str | None = None,
-    checkpoint: Mapping[str, Any] | None = None,
-    command: str | None = None,
-) -> str:
-    """The markdown section hf_calibprune owns in the card, markers included (rendered from :data:`TEMPLATE`)."""
-    context = _template_context(report, config, base_model=base_model, checkpoint=checkpoint, command=command)
-    return _section_of(_render(card_metadata(report, base_model=base_model), context))
 
 
 def merge_model_card(existing: str | None, data: ModelCardData, section: str) -> ModelCard:
@@ -471,6 +464,42 @@ def merge_model_card(existing: str | None, data: ModelCardData, section: str) ->
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{text if text.startswith(chr(10)) else chr(10) + text}")
 
 
+def render_model_card(
+    publication: Publication,
+    *,
+    license: str | None = None,
+    model_name: str | None = None,
+    checkpoint: Mapping[str, Any] | None = None,
+    existing: str | None = None,
+) -> ModelCard:
+    """Render :data:`TEMPLATE` for a :class:`~hf_calibprune.hub.publication.Publication` (merged into ``existing``).
+
+    Args:
+        publication (`Publication`): the published report, config and command, and how to name the model.
+        license (`str`, *optional*): license identifier for the metadata.
+        model_name (`str`, *optional*): name used in the model-index.
+        checkpoint (`dict`, *optional*): ``{"format", "size_ratio", "weights_bytes"}`` of the saved files.
+        existing (`str`, *optional*): text of a README to merge into.
+
+    Returns:
+        :class:`huggingface_hub.ModelCard`
+    """
+    from huggingface_hub import ModelCard
+
+    data = card_metadata(
+        publication.report,
+        base_model=publication.base_model,
+        license=license,
+        model_name=model_name,
+        checkpoint_format=(checkpoint or {}).get("format"),
+    )
+    rendered = ModelCard.from_template(data, template_path=str(TEMPLATE), **_template_context(publication, checkpoint))
+    card = ModelCard(rendered.content.rstrip("\n") + "\n")
+    if not existing or not existing.strip():
+        return card
+    return merge_model_card(existing, data, _section_of(card))
+
+
 def build_model_card(
     report: Any,
     config: Any = None,
@@ -484,11 +513,15 @@ def build_model_card(
 ) -> ModelCard:
     """Build (or update) the model card of a pruned checkpoint.
 
+    Local paths in ``report``, ``config`` and ``command`` are published as file names (see
+    :mod:`hf_calibprune.hub.publication`).
+
     Args:
         report (`PruningReport` or `dict`): what pruning measured; every number in the card comes from it.
         config (`PruningConfig` or `dict`, *optional*): the config, shown for reproduction.
-        base_model (`str`, *optional*): Hub id of the model that was pruned (a local path is left out of the
-            metadata). Its license is carried over when its card can be read offline and ``license`` is not given.
+        base_model (`str`, *optional*): Hub id of the model that was pruned; a local directory is named "a local
+            model" with the sha256 of its ``config.json``, or by the Hub id in that config. Its license is carried
+            over when its card can be read offline and ``license`` is not given.
         license (`str`, *optional*): license identifier for the metadata.
         model_name (`str`, *optional*): name used in the model-index.
         checkpoint (`dict`, *optional*): ``{"format", "size_ratio", "weights_bytes"}`` of the saved files.
@@ -498,19 +531,9 @@ def build_model_card(
     Returns:
         :class:`huggingface_hub.ModelCard`
     """
-    report_dict = _as_dict(report)
-    config_dict = _as_dict(config) if config is not None else {}
     if license is None:
         license = base_model_license(base_model)
-    data = card_metadata(
-        report_dict,
-        base_model=base_model,
-        license=license,
-        model_name=model_name,
-        checkpoint_format=(checkpoint or {}).get("format"),
+    publication = prepare_publication(
+        _as_dict(report), _as_dict(config) if config is not None else None, command=command, base_model=base_model
     )
-    context = _template_context(report_dict, config_dict, base_model=base_model, checkpoint=checkpoint, command=command)
-    card = _render(data, context)
-    if not existing or not existing.strip():
-        return card
-    return merge_model_card(existing, data, _section_of(card))
+    return render_model_card(publication, license=license, model_name=model_name, checkpoint=checkpoint, existing=existing)
