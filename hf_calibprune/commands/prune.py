@@ -49,6 +49,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="append",
         help="Calibration source name (c4, gsm8k:icl, self), or a .jsonl/.txt file; repeat to mix sources.",
     )
+    parser.add_argument(
+        "--data-dir",
+        help="Local mirror the calibration sources are read from, laid out as <source name>/<files> "
+        "(default: $HF_CALIBPRUNE_DATA_DIR).",
+    )
     parser.add_argument("--num-samples", type=int)
     parser.add_argument("--seq-len", type=int)
     parser.add_argument("--seed", type=int)
@@ -117,6 +122,8 @@ def config_from_args(args: argparse.Namespace):
             data[field_name] = value
     if args.calibration:
         data["calibration"] = args.calibration[0] if len(args.calibration) == 1 else list(args.calibration)
+    if getattr(args, "data_dir", None):
+        data["calibration"] = _with_data_dir(data.get("calibration", "self"), args.data_dir)
     if args.method_option:
         data["method_options"] = {**data.get("method_options", {}), **dict(map(_parse_option, args.method_option))}
     if args.ignore:
@@ -126,6 +133,20 @@ def config_from_args(args: argparse.Namespace):
     if getattr(args, "refine_option", None):
         data["refine_options"] = {**data.get("refine_options", {}), **dict(map(_parse_option, args.refine_option))}
     return PruningConfig.from_dict(data)
+
+
+def _with_data_dir(calibration: Any, data_dir: str) -> dict[str, Any]:
+    """The calibration spec as a CalibrationConfig (in its JSON form) reading from ``data_dir``."""
+    from ..errors import ConfigError
+
+    if isinstance(calibration, dict) and "calibration_config" in calibration:
+        return {"calibration_config": {**calibration["calibration_config"], "data_dir": data_dir}}
+    if isinstance(calibration, (str, list)):
+        return {"calibration_config": {"sources": calibration, "data_dir": data_dir}}
+    raise ConfigError(
+        f"--data-dir applies to calibration sources read from files, not to {calibration!r}; pass "
+        "--calibration c4 (or another source name) with it."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
