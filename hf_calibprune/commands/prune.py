@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     ).prune(model)
     if is_main_process():
         print(model.pruning_report.summary_table())
-        command = shlex.join(["hf-calibprune", *sys.argv[1:]])
+        command = shlex.join(["hf-calibprune", *getattr(args, "argv", sys.argv[1:])])
         if args.output:
             path = save_sparse(
                 model, args.output, format=args.format, tokenizer=tokenizer, overwrite=args.overwrite, command=command
