@@ -51,6 +51,9 @@ class PruningReport:
         versions (`dict[str, str]`): library versions.
         evaluation (`dict`): evaluation results added later (perplexity, accuracy), by task name.
         recovery (`list[dict]`): recovery fine-tuning runs applied afterwards (steps, adapter, loss, sparsity).
+        execution (`dict`): how the prune ran: ``world_size`` (the number of processes), ``backend`` (``"gloo"``,
+            ``"nccl"``; ``None`` for one process) and ``processes``, one ``{"rank", "samples", "devices"}`` per
+            process: its share ``[start, stop)`` of the calibration samples and the devices its blocks ran on.
     """
 
     method: str
@@ -66,6 +69,7 @@ class PruningReport:
     versions: dict[str, str] = field(default_factory=library_versions)
     evaluation: dict[str, Any] = field(default_factory=dict)
     recovery: list[dict[str, Any]] = field(default_factory=list)
+    execution: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_records(cls, layers: list[LayerRecord], blocks: list[BlockRecord], **fields: Any) -> PruningReport:

@@ -372,19 +372,17 @@ def _citations(method: str, allocation: Any) -> list[str]:
 
 
 def _execution_line(execution: Mapping[str, Any] | None) -> str | None:
-    """One line saying how many processes ran, on which backend and devices, and each one's samples."""
+    """How the prune ran, in one line: processes, backend, and each process's samples and devices."""
     if not execution or not execution.get("world_size"):
         return None
-    world = execution["world_size"]
     backend = execution.get("backend")
-    head = f"{world} ({backend})" if backend else str(world)
+    head = f"{execution['world_size']}" + (f" ({backend} backend)" if backend else "")
     parts = []
     for process in execution.get("processes") or []:
-        first, stop = (process.get("samples") or [0, 0])[:2]
-        shown = f"samples {first}–{stop - 1}" if stop > first else "no samples"
-        devices = ", ".join(process.get("devices") or []) or "–"
-        parts.append(f"rank {process.get('rank')}: {shown} on {devices}")
-    return head + (": " + "; ".join(parts) if parts else "")
+        start, stop = (list(process.get("samples") or []) + [0, 0])[:2]
+        samples = f"samples {start}–{stop - 1}" if stop > start else "no samples"
+        parts.append(f"rank {process.get('rank')}: {samples} on {', '.join(process.get('devices') or []) or '–'}")
+    return head + (" — " + "; ".join(parts) if parts else "")
 
 
 def _template_context(publication: Publication, checkpoint: Mapping[str, Any] | None) -> dict[str, Any]:
