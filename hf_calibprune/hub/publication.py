@@ -33,7 +33,9 @@ __all__ = [
     "Publication",
     "check_publishable",
     "is_hub_id",
+    "merge_local_files",
     "prepare_publication",
+    "publishable",
     "private_paths",
 ]
 
@@ -261,7 +263,7 @@ def prepare_publication(
     published_config = scrubber.value(dict(config)) if config is not None else None
     published_report = scrubber.value(dict(report))
     published_command = scrubber.command(command) if command else None
-    local_files = sorted(scrubber.files.values(), key=lambda f: (f["name"], f["sha256"]))
+    local_files = merge_local_files(scrubber.files.values())
     if local_files:
         published_report["local_files"] = local_files
     data_dirs = [d for d in _find_key(config, "data_dir") if isinstance(d, (str, os.PathLike))]
@@ -274,6 +276,19 @@ def prepare_publication(
         local_files=local_files,
         private={**private_paths(data_dirs), **scrubber.private},
     )
+
+
+def publishable(value: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """``value`` (JSON-like) with local paths replaced by names, and ``{"name", "bytes", "sha256"}`` of each file it
+    named: for results added to a saved checkpoint later (``hf-calibprune evaluate``)."""
+    scrubber = _Scrubber(None, LOCAL_MODEL)
+    return scrubber.value(value), list(scrubber.files.values())
+
+
+def merge_local_files(*lists: Iterable[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """One ``local_files`` list from several, without duplicates, sorted by name and hash."""
+    merged = {(f["name"], f["sha256"]): dict(f) for files in lists for f in files or []}
+    return [merged[key] for key in sorted(merged)]
 
 
 def _find_key(value: Any, key: str) -> list[Any]:
