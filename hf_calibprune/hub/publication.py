@@ -171,7 +171,10 @@ class _Scrubber:
     def text(self, text: str) -> str:
         if _is_whole_path(text):
             return self.name(text)
-        return _PATH_IN_TEXT.sub(lambda match: self.name(match.group(0)), text)
+        # Inside free text (calibration texts, messages) only paths into this machine's own directories are names.
+        return _PATH_IN_TEXT.sub(
+            lambda match: self.name(match.group(0)) if _is_private_location(match.group(0)) else match.group(0), text
+        )
 
     def command(self, command: str) -> str:
         try:
@@ -309,21 +312,24 @@ def _published_bytes(path: Path) -> bytes:
         return handle.read(min(size, 100 << 20))
 
 
-def _unknown_private_path(text: str) -> str | None:
-    """The first absolute path in ``text`` that points into this machine's non-system directories."""
+def _is_private_location(text: str) -> bool:
+    """An absolute or ``~`` path under the home directory, or into an existing directory of this machine at least
+    two levels deep outside the system ones (``/tmp/alice/x``, ``/data/team/...``; not ``/usr/bin/env``)."""
+    candidate = os.path.expanduser(text)
+    if _components(candidate) < 2 or Path(candidate).parts[1] in _SYSTEM_ROOTS:
+        return False
     home = _home()
-    for match in _PATH_IN_TEXT.finditer(text):
-        candidate = os.path.expanduser(match.group(0))
-        if _components(candidate) < 2 or Path(candidate).parts[1] in _SYSTEM_ROOTS:
-            continue
-        if home and candidate.startswith(home + os.sep):
-            return match.group(0)
-        existing = Path(candidate)
-        while not existing.exists():
-            existing = existing.parent
-        if _components(str(existing)) >= 2:
-            return match.group(0)
-    return None
+    if home and candidate.startswith(home + os.sep):
+        return True
+    existing = Path(candidate)
+    while not existing.exists():
+        existing = existing.parent
+    return _components(str(existing)) >= 2
+
+
+def _unknown_private_path(text: str) -> str | None:
+    """The first path in ``text`` into this machine's own directories (:func:`_is_private_location`)."""
+    return next((m.group(0) for m in _PATH_IN_TEXT.finditer(text) if _is_private_location(m.group(0))), None)
 
 
 def check_publishable(

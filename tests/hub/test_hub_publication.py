@@ -144,3 +144,14 @@ def test_the_check_refuses_the_home_directory_and_unknown_local_paths(tmp_path):
         check_publishable(folder)
     (folder / "README.md").write_text("Run /usr/bin/env python.\n")  # the system's paths name nobody
     check_publishable(folder)
+
+
+def test_free_text_keeps_system_paths_and_loses_private_ones(private):
+    from hf_calibprune.hub.publication import prepare_publication
+
+    texts = ["Run cd /usr/lib/python3 && ls, see https://example.org/a/b or 1/2.",
+             f"Notes were kept in {private['jsonl']}, next to {private['root']}/drafts."]
+    published = prepare_publication({"method": "wanda"}, {"calibration": texts})
+    assert published.config["calibration"][0] == texts[0]
+    assert published.config["calibration"][1] == "Notes were kept in notes.jsonl, next to drafts."
+    assert MARKER not in json.dumps(published.config) and published.local_files[0]["name"] == "notes.jsonl"
