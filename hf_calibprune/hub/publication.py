@@ -338,6 +338,7 @@ def check_publishable(
     *,
     files: Iterable[Path] | None = None,
     replaced: Mapping[str, bytes] | None = None,
+    shown_as: str | os.PathLike | None = None,
 ) -> None:
     """Refuse a checkpoint folder that would publish a private path.
 
@@ -351,6 +352,8 @@ def check_publishable(
         files (`Iterable[Path]`, *optional*): the files to search; defaults to every file under ``folder``.
         replaced (`dict[str, bytes]`, *optional*): content to search instead of a file's own, by relative path
             (a README merged with the one on the Hub).
+        shown_as (`str` or `os.PathLike`, *optional*): the folder's name in the message (the target of a save that is
+            still written in a temporary sibling).
 
     Raises:
         :class:`~hf_calibprune.errors.CheckpointError`: naming the file, the offending string and what it is.
@@ -368,7 +371,7 @@ def check_publishable(
         if found is not None:
             string, what = found
             raise CheckpointError(
-                f"Refusing to publish {folder / relative}: it contains '{string}' ({what}). Published files name "
+                f"Refusing to publish {Path(shown_as or folder) / relative}: it contains '{string}' ({what}). Published files name "
                 f"local files by their file name only; remove that path from {relative} (a card edited by hand) "
                 "or save the model again with save_sparse, which writes names, not paths."
             )

@@ -137,7 +137,7 @@ def save_sparse(
             _write_json(tmp / REPORT_FILE, publication.report)
         card = render_model_card(publication, license=license, checkpoint=checkpoint, existing=existing, **card_kwargs)
         card.save(tmp / CARD_FILE)
-        check_publishable(tmp, publication.private)
+        check_publishable(tmp, publication.private, shown_as=target)
     logger.info(
         "Saved a %s checkpoint to %s (%d bytes of weights, %.3fx the dense size).",
         checkpoint["format"],
