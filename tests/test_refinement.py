@@ -244,5 +244,5 @@ def test_command_line_sets_refine_and_its_options():
     config = config_from_args(args)
     assert (config.method, config.refine) == ("ria", "swaps")
     assert config.refine_options == {"max_iterations": 5, "candidates": 8}
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["prune", "--model", "m", "--refine", "swap"])
+    with pytest.raises(ConfigError, match="swaps"):  # a did-you-mean from PruningConfig's validation
+        config_from_args(build_parser().parse_args(["prune", "--model", "m", "--refine", "swap"]))

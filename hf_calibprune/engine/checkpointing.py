@@ -33,11 +33,11 @@ from torch import nn
 
 from .._io import read_json, write_json_atomic
 from ..errors import AcceleratorMemoryError, CheckpointError
-from ..models import DecoderLayout, find_prunable_linears, get_weight
+from ..models import DecoderLayout, find_fused_experts, find_prunable_linears, get_weight
 from ..records import BlockRecord, LayerRecord
 from .capture import CapturedInputs
 from .distributed import barrier, is_main_process, process_index, world_size
-from .offload import read_weight, write_weight
+from .offload import read_parameter, read_weight, write_parameter, write_weight
 
 __all__ = [
     "BlockCheckpoint",
@@ -106,6 +106,11 @@ def _model_config(model: nn.Module) -> dict[str, Any]:
     data = config.to_dict() if hasattr(config, "to_dict") else {}
     # A JSON round trip, so that a value read back from the manifest compares equal to a fresh one.
     return json.loads(json.dumps({k: v for k, v in data.items() if k not in _VOLATILE_MODEL_KEYS}, default=str))
+
+
+def _fused_parameters(block: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Fused expert weights of ``block`` by their name inside it (``"mlp.experts.gate_up_proj"``)."""
+    return {f"{f.name}.{p}": (f.module, p) for f in find_fused_experts(block) for p in f.parameters}
 
 
 def model_fingerprint(model: nn.Module, layout: DecoderLayout) -> dict[str, Any]:
@@ -338,13 +343,24 @@ class BlockCheckpoint:
             block = layout.blocks[index]
             tensors = _load_tensors(self.directory / self.manifest["block_files"][index], f"block {index}'s weights")
             linears = find_prunable_linears(block)
-            unknown = sorted(set(tensors) - set(linears))
+            fused = _fused_parameters(block)
+            unknown = sorted(set(tensors) - set(linears) - set(fused))
             if unknown:
                 raise CheckpointError(
                     f"the resume checkpoint holds weights {unknown} that block {layout.block_name(index)} does not "
                     "have; it belongs to another model. Delete it to start over."
                 )
             for name, weight in tensors.items():
+                if name in fused:
+                    module, parameter = fused[name]
+                    if tuple(weight.shape) != tuple(getattr(module, parameter).shape):
+                        raise CheckpointError(
+                            f"{layout.block_name(index)}.{name} has shape {tuple(weight.shape)} in the resume "
+                            "checkpoint, not the model's; it belongs to another model. Delete it to start over."
+                        )
+                    experts = name.rsplit(".", 1)[0]
+                    write_parameter(module, parameter, weight, root=block, name=experts)
+                    continue
                 if tuple(weight.shape) != tuple(get_weight(linears[name]).shape):
                     raise CheckpointError(
                         f"{layout.block_name(index)}.{name} has shape {tuple(weight.shape)} in the resume checkpoint, "
@@ -424,6 +440,8 @@ class BlockCheckpoint:
             weights = {
                 n: _cpu_copy(read_weight(m, root=block, name=n)) for n, m in find_prunable_linears(block).items()
             }
+            for name, (module, parameter) in _fused_parameters(block).items():
+                weights[name] = _cpu_copy(read_parameter(module, parameter, root=block, name=name.rsplit(".", 1)[0]))
             _save_tensors_atomic(weights, self.directory / block_file)
             previous = self.manifest or {}
             manifest = {

@@ -68,6 +68,8 @@ class StatisticsCollector(_HookSet):
         self._first_batch_calls: list[str] | None = None
         self._last_input: torch.Tensor | None = None
         self._last_stats: InputStatistics | None = None
+        #: While ``True`` the hooks record nothing (an :class:`ExpertListCalls` unpauses them around its own calls).
+        self.paused = False
         for name, module in linears.items():
             self._handles.append(module.register_forward_pre_hook(self._make_hook(name)))
 
@@ -87,6 +89,8 @@ class StatisticsCollector(_HookSet):
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
+            if self.paused:
+                return
             x = args[0]
             if x is self._last_input:
                 self.stats.setdefault(name, self._last_stats)
