@@ -7,13 +7,22 @@ import os
 import time
 from typing import Any
 
+import torch
 from torch import nn
 
 from .config import PruningConfig
 from .engine import EngineOptions, LayerwiseEngine
 from .engine.accounting import DenseWeight, count_block_weights, dense_weights
 from .engine.checkpointing import OUT_OF_MEMORY_ERRORS, BlockCheckpoint, model_fingerprint, out_of_memory_error
-from .engine.distributed import init_distributed, is_main_process, process_index, shard_slice, world_size
+from .engine.distributed import (
+    execution_record,
+    init_distributed,
+    is_main_process,
+    process_index,
+    resolve_device,
+    shard_slice,
+    world_size,
+)
 from .errors import ConfigError, ModelStructureError
 from .methods import build_method
 from .models import check_decoder_only
@@ -133,6 +142,8 @@ class CalibratedPruner:
             if checkpoint is not None:
                 checkpoint.layer_sparsity = layer_sparsity
             layers, blocks = engine.prune(method, pattern, layer_sparsity, captured, checkpoint=checkpoint)
+            share = shard_slice(samples.num_samples) if samples is not None else slice(0, 0)
+            execution = execution_record((share.start, share.stop), _block_devices(engine.layout.blocks, config))
         except OUT_OF_MEMORY_ERRORS as error:
             raise out_of_memory_error(
                 error,
@@ -159,6 +170,7 @@ class CalibratedPruner:
             layer_sparsity=layer_sparsity,
             seconds=time.perf_counter() - started,
             config=config.to_dict(),
+            execution=execution,
         )
         model.pruning_config = config
         model.pruning_report = report
@@ -238,6 +250,23 @@ def _check_token_ids(input_ids, model: nn.Module) -> None:
             f"the calibration tokens hold id {largest}, outside the model's vocabulary of {size}: the tokenizer does "
             "not match the model. Pass the tokenizer saved with the model (AutoTokenizer.from_pretrained(<model>))."
         )
+
+
+def _block_devices(blocks: list[nn.Module], config: PruningConfig) -> list[str]:
+    """The devices the blocks ran on: an accelerate hook's execution device, else ``execution_device``, else where
+    the block's weights are (the engine's placement rules)."""
+    requested = resolve_device(config.execution_device)
+    found: list[str] = []
+    for block in blocks:
+        hook = getattr(block, "_hf_hook", None)
+        device = getattr(hook, "execution_device", None) if hook is not None else requested
+        if device is None:
+            parameter = next(block.parameters(), None)
+            device = parameter.device if parameter is not None and parameter.device.type != "meta" else None
+        name = str(torch.device(device)) if device is not None else None
+        if name is not None and name not in found:
+            found.append(name)
+    return found
 
 
 def _check_unsupported(dense: list[DenseWeight], strict: bool) -> None:

@@ -57,6 +57,9 @@ class PruningReport:
             ``reason`` (``"ignored"``, ``"router"``, ``"bias"`` or ``"unsupported"``).
         experts (`dict[str, dict]`): per fused experts module, ``tokens`` routed to each expert over the calibration
             data and the ``statistics`` each expert was pruned with (``"routed"`` or ``"all"``).
+        execution (`dict`): how the prune ran: ``world_size`` (the number of processes), ``backend`` (``"gloo"``,
+            ``"nccl"``; ``None`` for one process) and ``processes``, one ``{"rank", "samples", "devices"}`` per
+            process: its share ``[start, stop)`` of the calibration samples and the devices its blocks ran on.
     """
 
     method: str
@@ -75,6 +78,7 @@ class PruningReport:
     pruned_sparsity: float = 0.0
     dense_weights: list[dict[str, Any]] = field(default_factory=list)
     experts: dict[str, dict[str, list]] = field(default_factory=dict)
+    execution: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_records(

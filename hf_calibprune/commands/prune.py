@@ -28,6 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--dtype", default="auto", help="torch dtype to load the model in (auto, float32, bfloat16, float16).")
     parser.add_argument("--config", help="A PruningConfig as .json or .yaml (see configs/).")
     parser.add_argument(
+        "--data-dir",
+        help="Local mirror the calibration sources are read from, laid out as <source name>/<files> "
+        "(default: $HF_CALIBPRUNE_DATA_DIR).",
+    )
+    parser.add_argument(
         "--device-map",
         help="accelerate device map for loading: auto, a device (cpu, cuda:0), or JSON such as "
         '\'{"model.layers.0": "disk", "": "cpu"}\' (a .json file path also works).',
@@ -58,7 +63,24 @@ def config_from_args(args: argparse.Namespace):
 
     data: dict[str, Any] = PruningConfig.from_pretrained(args.config).to_dict() if args.config else {}
     data.pop("hf_calibprune_version", None)
-    return PruningConfig.from_dict(config_overrides(args, PruningConfig, data))
+    data = config_overrides(args, PruningConfig, data)
+    if getattr(args, "data_dir", None):
+        data["calibration"] = _with_data_dir(data.get("calibration", "self"), args.data_dir)
+    return PruningConfig.from_dict(data)
+
+
+def _with_data_dir(calibration: Any, data_dir: str) -> dict[str, Any]:
+    """The calibration spec as a CalibrationConfig (in its JSON form) reading from ``data_dir``."""
+    from ..errors import ConfigError
+
+    if isinstance(calibration, dict) and "calibration_config" in calibration:
+        return {"calibration_config": {**calibration["calibration_config"], "data_dir": data_dir}}
+    if isinstance(calibration, (str, list)):
+        return {"calibration_config": {"sources": calibration, "data_dir": data_dir}}
+    raise ConfigError(
+        f"--data-dir applies to calibration sources read from files, not to {calibration!r}; pass "
+        "--calibration c4 (or another source name) with it."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     ).prune(model)
     if is_main_process():
         print(model.pruning_report.summary_table())
-        command = shlex.join(["hf-calibprune", *sys.argv[1:]])
+        command = shlex.join(["hf-calibprune", *getattr(args, "argv", sys.argv[1:])])
         if args.output:
             path = save_sparse(
                 model, args.output, format=args.format, tokenizer=tokenizer, overwrite=args.overwrite, command=command
