@@ -401,3 +401,20 @@ def test_module_list_experts_routed_no_tokens_are_pruned_from_every_token(method
     first, twin = model.model.layers[0].mlp.experts[3], reference.model.layers[0].mlp.experts[3]
     for name in ("w1", "w2", "w3"):
         assert torch.equal(getattr(first, name).weight, getattr(twin, name).weight), name
+
+
+def test_the_card_shows_both_totals_what_stayed_dense_and_the_experts_tokens(tokenizer, calibration_file, tmp_path):
+    from hf_calibprune import save_sparse
+
+    model = tiny_moe("qwen2_moe")
+    config = PruningConfig(method="wanda", sparsity=0.5, calibration=str(calibration_file), num_samples=4, seq_len=32,
+                           min_expert_tokens=1)
+    model = CalibratedPruner(config, tokenizer=tokenizer, progress=False).prune(model)
+    save_sparse(model, tmp_path / "out", tokenizer=tokenizer)
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    report = model.pruning_report
+    assert f"| measured sparsity (all decoder-block weights) | {100 * report.overall_sparsity:.2f}% |" in card
+    assert f"| measured sparsity (pruned matrices) | {100 * report.pruned_sparsity:.2f}% |" in card
+    assert "| router | 4 | 320 | `model.layers.0.mlp.gate.weight`, `model.layers.0.mlp.shared_expert_gate.weight`" in card
+    tokens = sorted(report.experts["model.layers.1.mlp.experts"]["tokens"])
+    assert f"| model.layers.1.mlp.experts | 4 | {tokens[0]} / {tokens[2]} / {tokens[-1]} | 0 |" in card

@@ -385,6 +385,34 @@ def _execution_line(execution: Mapping[str, Any] | None) -> str | None:
     return head + (" — " + "; ".join(parts) if parts else "")
 
 
+def _dense_rows(dense: list[Mapping[str, Any]]) -> list[tuple[str, int, int, str]]:
+    """Weights left dense, one row per reason: (reason, count, weights, names when few)."""
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for weight in dense:
+        grouped.setdefault(str(weight.get("reason")), []).append(weight)
+    return [
+        (
+            reason,
+            len(weights),
+            sum(int(w.get("numel") or 0) for w in weights),
+            ", ".join(f"`{w.get('name')}`" for w in weights) if len(weights) <= 4 else "",
+        )
+        for reason, weights in sorted(grouped.items())
+    ]
+
+
+def _expert_rows(experts: Mapping[str, Mapping[str, list]]) -> list[tuple[str, int, str, int]]:
+    """One row per experts module: (module, experts, routed tokens min / median / max, experts on all tokens)."""
+    rows = []
+    for module, summary in experts.items():
+        tokens = sorted(int(t) for t in summary.get("tokens") or [])
+        if not tokens:
+            continue
+        spread = f"{tokens[0]} / {tokens[len(tokens) // 2]} / {tokens[-1]}"
+        rows.append((module, len(tokens), spread, sum(1 for s in summary.get("statistics") or [] if s == "all")))
+    return rows
+
+
 def _template_context(publication: Publication, checkpoint: Mapping[str, Any] | None) -> dict[str, Any]:
     """The values :data:`TEMPLATE` lays out; the wording lives in the template."""
     report = publication.report
@@ -403,6 +431,8 @@ def _template_context(publication: Publication, checkpoint: Mapping[str, Any] | 
         "execution": _execution_line(report.get("execution")),
         "checkpoint": dict(checkpoint) if checkpoint else None,
         "block_rows": _block_rows(report),
+        "dense_rows": _dense_rows(report.get("dense_weights") or []),
+        "expert_rows": _expert_rows(report.get("experts") or {}),
         "calibration": calibration,
         "calibration_rows": _scalar_items(scalars, first) if calibration else [],
         "source_rows": _source_rows(calibration),

@@ -120,8 +120,9 @@ def test_saved_card_comes_from_the_models_report(tmp_path, tokenizer):
     card = ModelCard.load(tmp_path / "ckpt" / "README.md")
     assert card.data.base_model == "org/tiny-llama"
     assert "magnitude" in card.data.tags and "2-4-sparsity" in card.data.tags
-    measured = model.pruning_report.overall_sparsity
-    assert f"| measured sparsity (pruned layers) | {100 * measured:.2f}% |" in card.text
+    report = model.pruning_report
+    assert f"| measured sparsity (pruned matrices) | {100 * report.pruned_sparsity:.2f}% |" in card.text
+    assert f"| measured sparsity (all decoder-block weights) | {100 * report.overall_sparsity:.2f}% |" in card.text
     assert card.text.count("| model.layers.") == 0 and "| 0 | 50.00% | 50.00% |" in card.text
 
 
