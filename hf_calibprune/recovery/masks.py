@@ -113,13 +113,11 @@ def _named_fused(model: nn.Module) -> dict[str, nn.Parameter]:
         layout = find_decoder_layout(model)
     except ModelStructureError:
         return {}
-    base = normalize_module_name(layout.prefix)
     found = {}
-    for index, block in enumerate(layout.blocks):
+    for prefix, block in zip(_decoder_block_prefixes(model), layout.blocks):
         for fused in find_fused_experts(block):
             for parameter in fused.parameters:
-                name = normalize_module_name(f"{base}.{index}.{fused.name}.{parameter}" if base else f"{index}.{fused.name}.{parameter}")
-                found[name] = getattr(fused.module, parameter)
+                found[normalize_module_name(f"{prefix}.{fused.name}.{parameter}")] = getattr(fused.module, parameter)
     return found
 
 
