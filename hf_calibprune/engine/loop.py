@@ -297,7 +297,7 @@ class LayerwiseEngine:
             for matrix in self._expert_matrices(block):
                 records.append(self._prune_expert(method, index, store, matrix, experts, sparsity, pattern))
             store.flush()
-        meter = ErrorMeter(linears, removed) if removed else None
+        meter = ErrorMeter(linears, removed, root=block) if removed else None
         try:
             self._run_block(block, index, captured, meter, keep_outputs=True)
         finally:
@@ -322,6 +322,10 @@ class LayerwiseEngine:
             for matrix in matrices:
                 if matrix.experts == fused.name and matrix.parameter == parameter:
                     expert_records.append(self._prune_expert(method, index, store, matrix, experts, sparsity, pattern))
+            # Offloaded experts: accelerate's hook loads them from its offload map for every later call (the
+            # statistics of the next parameter, the real call), so the pruned values must be there now.
+            store.flush()
+
         removed: dict[str, torch.Tensor] = {}
         reduced: set[int] = set()  # q/k/v share one statistic: sum it over processes once
 
@@ -338,7 +342,7 @@ class LayerwiseEngine:
 
         collector = StatisticsCollector(linears, hessian=self._needs_gram(method), on_input=prune_before_use)
         experts = self._expert_collector(block, self._needs_gram(method), prune=prune_experts)
-        meter = ErrorMeter(linears, removed) if self.options.measure_error and not self._needs_gram(method) else None
+        meter = ErrorMeter(linears, removed, root=block) if self.options.measure_error and not self._needs_gram(method) else None
         lists = self._expert_lists(block, linears)
         everything = self.options.moe_calibration == "all"
         # nn.ModuleList experts: under "all" each runs on every token before the module (and is pruned there);
