@@ -9,6 +9,9 @@ computed from them directly (``‖x_j‖₂`` with ``Tensor.norm``, the Gram mat
   outputs of the pruned block k.
 * one-pass: run the model once; each Linear is pruned from its own input just before it computes, so later
   Linears and blocks see the outputs of already pruned ones.
+
+The inputs the reference tests share live here too: a 3-block model whose activation norms decide the masks, and a
+calibration set with more than 1,024 non-padding tokens per batch, partly padded.
 """
 
 from __future__ import annotations
@@ -17,6 +20,33 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from conftest import tiny_model
+
+BLOCKS = 3
+SAMPLES, LENGTH = 10, 144  # 1,440 tokens; a batch of 8 samples holds 1,132 non-padding ones
+#: Tokens on which the engine measures the error of methods without a Gram matrix (docs/engine.md).
+ERROR_TOKENS = 1024
+
+
+def calibration_tokens() -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)``: 10 samples of 144 tokens, two of them partly padding."""
+    ids = torch.randint(4, 99, (SAMPLES, LENGTH), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, -20:] = 0
+    mask[9, -100:] = 0
+    return ids, mask
+
+
+def spread_model(seed: int = 0) -> nn.Module:
+    """A tiny 3-block Llama whose channel scales differ by 40x, so activation norms matter for every mask."""
+    model = tiny_model("llama", seed=seed, num_hidden_layers=BLOCKS)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for block in model.model.layers:
+            for norm in (block.input_layernorm, block.post_attention_layernorm):
+                norm.weight.copy_(torch.linspace(0.1, 4.0, 32)[torch.randperm(32, generator=generator)])
+    return model
 
 
 @dataclass
@@ -176,3 +206,11 @@ def relative_error(trace: LinearTrace, x: torch.Tensor) -> float:
     x = x.double()
     reference = x @ trace.dense.double().t()
     return float((x @ (trace.dense - trace.pruned).double().t()).square().sum() / reference.square().sum())
+
+
+def error_as_reported(trace: LinearTrace, method: str) -> float:
+    """The reconstruction error as docs/engine.md defines it: over every token the mask was chosen from for methods
+    with a Gram matrix (SparseGPT), else over the first 1,024 non-padding tokens of the pass with pruned weights."""
+    if method == "sparsegpt":
+        return relative_error(trace, trace.chosen_from)
+    return relative_error(trace, trace.pruned_pass[:ERROR_TOKENS])

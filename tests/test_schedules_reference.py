@@ -11,32 +11,10 @@ import pytest
 import torch
 
 import reference_pruning as ref
-from conftest import tiny_model
 from hf_calibprune.engine import EngineOptions, LayerwiseEngine
 from hf_calibprune.methods import build_method
 from hf_calibprune.sparsity import parse_pattern
-
-BLOCKS = 3
-SAMPLES, LENGTH = 10, 144  # 1,440 tokens; the sequential batch of 8 holds 1,132 non-padding ones
-
-
-def calibration_tokens():
-    ids = torch.randint(4, 99, (SAMPLES, LENGTH), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones_like(ids)
-    mask[0, -20:] = 0
-    mask[9, -100:] = 0
-    return ids, mask
-
-
-def spread_model(seed: int = 0):
-    """A tiny 3-block Llama whose channel scales differ by 40x, so activation norms matter for every mask."""
-    model = tiny_model("llama", seed=seed, num_hidden_layers=BLOCKS)
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for block in model.model.layers:
-            for norm in (block.input_layernorm, block.post_attention_layernorm):
-                norm.weight.copy_(torch.linspace(0.1, 4.0, 32)[torch.randperm(32, generator=generator)])
-    return model
+from reference_pruning import BLOCKS, calibration_tokens, spread_model
 
 
 def engine_prune(model, method, pattern, schedule, batch_size=8):
@@ -57,7 +35,7 @@ def reference_prune(model, method, pattern, schedule):
 def test_every_mask_of_every_block_matches_the_reference_schedule(schedule, method, pattern):
     expected = reference_prune(spread_model(), method, pattern, schedule)
     model = spread_model()
-    engine_prune(model, method, pattern, schedule)
+    records, _ = engine_prune(model, method, pattern, schedule)
     linears = {n: m for n, m in model.named_modules() if ".layers." in n and isinstance(m, torch.nn.Linear)}
     assert sorted(linears) == sorted(expected) and len(linears) == 7 * BLOCKS
     wrong = {}
@@ -69,6 +47,13 @@ def test_every_mask_of_every_block_matches_the_reference_schedule(schedule, meth
     if method == "sparsegpt":  # the kept weights are updated too
         for name, module in linears.items():
             torch.testing.assert_close(module.weight, expected[name].pruned, rtol=1e-3, atol=1e-4, msg=name)
+    # The recorded numbers, on the tokens they are defined on (padding excluded, in sample order).
+    assert [r.name for r in records] == list(expected)
+    for record in records:
+        trace = expected[record.name]
+        zeros = int((linears[record.name].weight == 0).sum())
+        assert record.measured_sparsity == zeros / trace.dense.numel(), record.name
+        assert record.reconstruction_error == pytest.approx(ref.error_as_reported(trace, method), rel=1e-3), record.name
 
 
 def test_the_calibration_set_separates_the_schedules():
@@ -82,4 +67,4 @@ def test_the_calibration_set_separates_the_schedules():
         for name in ("self_attn.o_proj", "mlp.down_proj"):
             key = f"model.layers.{block}.{name}"
             assert not torch.equal(sequential[key].mask, one_pass[key].mask), key
-    assert sequential["model.layers.0.self_attn.q_proj"].chosen_from.shape[0] == 1320
+    assert sequential["model.layers.0.self_attn.q_proj"].chosen_from.shape[0] == 1320  # 1,440 minus padding
