@@ -134,21 +134,28 @@ def _linears(model: nn.Module, block: int) -> dict[str, nn.Linear]:
     return {name: m for name, m in model.named_modules() if name.startswith(prefix) and isinstance(m, nn.Linear)}
 
 
-def _record_inputs(model, linears, ids, attention_mask) -> dict[str, torch.Tensor]:
-    """Each Linear's non-padding inputs over one forward pass of every sample as one batch."""
+def _forward(model, linears, ids, attention_mask, before_linear) -> None:
+    """One forward pass of every sample as one batch; ``before_linear(name, module, x)`` runs before each of
+    ``linears`` computes, with ``x`` its non-padding inputs as ``[tokens, in_features]``."""
     keep = attention_mask.reshape(-1).bool()
-    seen: dict[str, torch.Tensor] = {}
-    handles = [
-        module.register_forward_pre_hook(lambda m, args, n=name: seen.setdefault(n, args[0].detach().clone()))
-        for name, module in linears.items()
-    ]
+
+    def hook(module, args, name):
+        before_linear(name, module, args[0].detach().reshape(-1, args[0].shape[-1])[keep].clone())
+
+    handles = [m.register_forward_pre_hook(lambda m, args, n=name: hook(m, args, n)) for name, m in linears.items()]
     try:
         with torch.no_grad():
             model(input_ids=ids, attention_mask=attention_mask, use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
-    return {name: x.reshape(-1, x.shape[-1])[keep] for name, x in seen.items()}
+
+
+def _record_inputs(model, linears, ids, attention_mask) -> dict[str, torch.Tensor]:
+    """Each Linear's non-padding inputs over one forward pass of every sample as one batch."""
+    seen: dict[str, torch.Tensor] = {}
+    _forward(model, linears, ids, attention_mask, lambda name, module, x: seen.setdefault(name, x))
+    return seen
 
 
 def prune_sequential(model, ids, attention_mask, method, pattern, sparsity) -> dict[str, LinearTrace]:
@@ -172,13 +179,11 @@ def prune_sequential(model, ids, attention_mask, method, pattern, sparsity) -> d
 
 def prune_one_pass(model, ids, attention_mask, method, pattern, sparsity) -> dict[str, LinearTrace]:
     """The one-pass schedule: one forward of every sample, each Linear pruned in its pre-hook. Prunes in place."""
-    keep = attention_mask.reshape(-1).bool()
     traces = {}
 
-    def prune_before_compute(module, args, name):
+    def prune_before_compute(name, module, x):
         if name in traces:
             return
-        x = args[0].detach().reshape(-1, args[0].shape[-1])[keep]
         dense = module.weight.detach().clone()
         pruned, mask = prune_one(method, dense, x, sparsity, pattern)
         with torch.no_grad():
@@ -188,16 +193,7 @@ def prune_one_pass(model, ids, attention_mask, method, pattern, sparsity) -> dic
     linears = {}
     for block in range(model.config.num_hidden_layers):
         linears.update(_linears(model, block))
-    handles = [
-        module.register_forward_pre_hook(lambda m, args, n=name: prune_before_compute(m, args, n))
-        for name, module in linears.items()
-    ]
-    try:
-        with torch.no_grad():
-            model(input_ids=ids, attention_mask=attention_mask, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    _forward(model, linears, ids, attention_mask, prune_before_compute)
     return traces
 
 
