@@ -26,6 +26,7 @@ CONFIG_NAME = "pruning_config.json"
 _VERSION_KEY = "hf_calibprune_version"
 _ALLOCATIONS = ("uniform", "owl")
 _SCHEDULES = ("sequential", "one-pass")
+_MOE_CALIBRATIONS = ("routed", "all")
 
 
 @dataclass
@@ -62,6 +63,13 @@ class PruningConfig:
             and move it back afterwards, so a model kept on CPU needs accelerator memory for one block plus
             activations. Blocks dispatched by accelerate (``device_map=...``) run where their hooks place them.
             Under ``accelerate launch``/``torchrun``, ``"cuda"`` means each process's own GPU.
+        moe_calibration (`str`, *optional*, defaults to `"routed"`): Mixture-of-Experts statistics: each expert's
+            from the tokens the router sends it (``"routed"``), or from every calibration token (``"all"``: each
+            expert also runs on every token for statistics only; the block's output is unchanged).
+        min_expert_tokens (`int`, *optional*, defaults to 128): under ``"routed"``, an expert routed fewer
+            calibration tokens than this (over all samples and processes) gets the ``"all"`` statistics instead.
+        strict (`bool`, *optional*, defaults to `False`): raise instead of warning when a decoder block holds
+            weights the engine cannot prune (they would stay dense).
     """
 
     # Lets `from_pretrained(..., quantization_config=PruningConfig(...))` find our transformers plugin.
@@ -86,6 +94,9 @@ class PruningConfig:
     refine: str | None = None
     refine_options: dict[str, Any] = field(default_factory=dict)
     execution_device: str | None = None
+    moe_calibration: str = "routed"
+    min_expert_tokens: int = 128
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str):
@@ -94,7 +105,7 @@ class PruningConfig:
         pattern = parse_pattern(self.pattern)
         self.pattern = str(pattern)
         self.sparsity = self._resolve_sparsity(pattern)
-        for name in ("num_samples", "seq_len", "batch_size"):
+        for name in ("num_samples", "seq_len", "batch_size", "min_expert_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"`{name}={value!r}` must be a whole number of at least 1.")
@@ -102,6 +113,7 @@ class PruningConfig:
             raise ConfigError(f"`seed={self.seed!r}` must be an integer.")
         self._check_choice("allocation", _ALLOCATIONS)
         self._check_choice("schedule", _SCHEDULES)
+        self._check_choice("moe_calibration", _MOE_CALIBRATIONS)
         for name, example in (("owl_lambda", 0.08), ("owl_threshold", 5)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -132,8 +144,9 @@ class PruningConfig:
         _check_calibration(self.calibration)
         _check_device("execution_device", self.execution_device)
         _check_device("activation_device", self.activation_device)
-        if not isinstance(self.measure_error, bool):
-            raise ConfigError(f"`measure_error={self.measure_error!r}` must be True or False.")
+        for name in ("measure_error", "strict"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"`{name}={getattr(self, name)!r}` must be True or False.")
 
     def _resolve_sparsity(self, pattern) -> float:
         implied = pattern.implied_sparsity

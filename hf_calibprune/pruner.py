@@ -11,9 +11,10 @@ from torch import nn
 
 from .config import PruningConfig
 from .engine import EngineOptions, LayerwiseEngine
+from .engine.accounting import DenseWeight, count_block_weights, dense_weights
 from .engine.checkpointing import OUT_OF_MEMORY_ERRORS, BlockCheckpoint, model_fingerprint, out_of_memory_error
 from .engine.distributed import init_distributed, is_main_process, process_index, shard_slice, world_size
-from .errors import ConfigError
+from .errors import ConfigError, ModelStructureError
 from .methods import build_method
 from .models import check_decoder_only
 from .refinement import build_refiner
@@ -102,12 +103,16 @@ class CalibratedPruner:
                 measure_error=config.measure_error,
                 activation_device=config.activation_device,
                 execution_device=config.execution_device,
+                moe_calibration=config.moe_calibration,
+                min_expert_tokens=config.min_expert_tokens,
                 ignore=tuple(config.ignore),
                 refiner=build_refiner(config.refine, config.refine_options) if config.refine else None,
                 progress=self.progress and is_main_process(),
             ),
         )
         block_names = [engine.layout.block_name(i) for i in range(len(engine.layout.blocks))]
+        dense = dense_weights(engine.layout, tuple(config.ignore))
+        _check_unsupported(dense, config.strict)
         started = time.perf_counter()
         was_training = model.training
         model.eval()
@@ -140,9 +145,13 @@ class CalibratedPruner:
             ) from error
         finally:
             model.train(was_training)
+        counted = count_block_weights(engine.layout)
         report = PruningReport.from_records(
             layers,
             blocks,
+            zeros=counted.zeros,
+            total=counted.total,
+            dense_weights=[weight.to_dict() for weight in dense],
             method=config.method,
             pattern=config.pattern,
             requested_sparsity=config.sparsity,
@@ -153,7 +162,13 @@ class CalibratedPruner:
         )
         model.pruning_config = config
         model.pruning_report = report
-        logger.info("Pruned %d Linears to %.4f sparsity in %.1f s.", len(layers), report.overall_sparsity, report.seconds)
+        logger.info(
+            "Pruned %d matrices to %.4f sparsity (%.4f over all block weights) in %.1f s.",
+            len(layers),
+            report.pruned_sparsity,
+            report.overall_sparsity,
+            report.seconds,
+        )
         return model
 
     def _calibration_samples(self, model: nn.Module):
@@ -223,6 +238,24 @@ def _check_token_ids(input_ids, model: nn.Module) -> None:
             f"the calibration tokens hold id {largest}, outside the model's vocabulary of {size}: the tokenizer does "
             "not match the model. Pass the tokenizer saved with the model (AutoTokenizer.from_pretrained(<model>))."
         )
+
+
+def _check_unsupported(dense: list[DenseWeight], strict: bool) -> None:
+    """Warn (or, with ``strict``, raise) when blocks hold weights the engine cannot prune: they stay dense."""
+    unsupported = [weight for weight in dense if weight.reason == "unsupported"]
+    if not unsupported:
+        return
+    listed = ", ".join(f"{w.name} {tuple(w.shape)} ({w.numel:,} weights)" for w in unsupported[:10])
+    more = f" and {len(unsupported) - 10} more" if len(unsupported) > 10 else ""
+    message = (
+        f"{len(unsupported)} block weights are of a kind hf_calibprune cannot prune and stay dense: {listed}{more}. "
+        "The report counts them as they are."
+    )
+    if strict:
+        raise ModelStructureError(
+            f"{message} Pass strict=False to prune the rest, or ignore=[...] to keep them dense on purpose."
+        )
+    logger.warning(message)
 
 
 def _process_shard(samples):

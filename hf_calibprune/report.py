@@ -40,8 +40,9 @@ class PruningReport:
         method (`str`): the pruning method.
         pattern (`str`): ``"unstructured"`` or ``"N:M"``.
         requested_sparsity (`float`): the configured target.
-        overall_sparsity (`float`): measured fraction of zeros over all pruned Linears.
-        layers (`list[LayerRecord]`): one record per pruned Linear.
+        overall_sparsity (`float`): measured fraction of zeros over every rank ≥ 2 weight inside the decoder
+            blocks, pruned or not (routers, ignored Linears and weights the engine cannot prune count as they are).
+        layers (`list[LayerRecord]`): one record per pruned matrix (a Linear, or one expert's gate, up or down).
         blocks (`list[BlockRecord]`): one record per decoder block.
         calibration (`dict`, *optional*): the calibration fingerprint (sources, samples, seq_len, seed, token hash);
             ``None`` when no calibration data was used.
@@ -51,6 +52,11 @@ class PruningReport:
         versions (`dict[str, str]`): library versions.
         evaluation (`dict`): evaluation results added later (perplexity, accuracy), by task name.
         recovery (`list[dict]`): recovery fine-tuning runs applied afterwards (steps, adapter, loss, sparsity).
+        pruned_sparsity (`float`): measured fraction of zeros over the pruned matrices only.
+        dense_weights (`list[dict]`): rank ≥ 2 block weights left dense: ``name``, ``shape``, ``numel`` and
+            ``reason`` (``"ignored"``, ``"router"``, ``"bias"`` or ``"unsupported"``).
+        experts (`dict[str, dict]`): per fused experts module, ``tokens`` routed to each expert over the calibration
+            data and the ``statistics`` each expert was pruned with (``"routed"`` or ``"all"``).
     """
 
     method: str
@@ -66,13 +72,39 @@ class PruningReport:
     versions: dict[str, str] = field(default_factory=library_versions)
     evaluation: dict[str, Any] = field(default_factory=dict)
     recovery: list[dict[str, Any]] = field(default_factory=list)
+    pruned_sparsity: float = 0.0
+    dense_weights: list[dict[str, Any]] = field(default_factory=list)
+    experts: dict[str, dict[str, list]] = field(default_factory=dict)
 
     @classmethod
-    def from_records(cls, layers: list[LayerRecord], blocks: list[BlockRecord], **fields: Any) -> PruningReport:
-        """Build a report, computing the overall sparsity from the per-Linear records."""
-        total = sum(r.shape[0] * r.shape[1] for r in layers)
-        zeros = sum(r.measured_sparsity * r.shape[0] * r.shape[1] for r in layers)
-        return cls(overall_sparsity=zeros / total if total else 0.0, layers=layers, blocks=blocks, **fields)
+    def from_records(
+        cls,
+        layers: list[LayerRecord],
+        blocks: list[BlockRecord],
+        *,
+        zeros: int,
+        total: int,
+        dense_weights: list[dict[str, Any]] = (),
+        **fields: Any,
+    ) -> PruningReport:
+        """Build a report: ``zeros`` of ``total`` elements counted over every rank ≥ 2 block weight give the overall
+        figure; the per-matrix records give the pruned-only one and the experts' token counts."""
+        pruned_total = sum(r.shape[0] * r.shape[1] for r in layers)
+        pruned_zeros = sum(r.measured_sparsity * r.shape[0] * r.shape[1] for r in layers)
+        return cls(
+            overall_sparsity=zeros / total if total else 0.0,
+            pruned_sparsity=pruned_zeros / pruned_total if pruned_total else 0.0,
+            layers=layers,
+            blocks=blocks,
+            dense_weights=list(dense_weights),
+            experts=_expert_summary(layers),
+            **fields,
+        )
+
+    @property
+    def dense_numel(self) -> int:
+        """Elements of the block weights left dense."""
+        return sum(int(weight["numel"]) for weight in self.dense_weights)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -118,7 +150,40 @@ class PruningReport:
             )
         lines.append("-" * 62)
         lines.append(
-            f"{'total (' + self.method + ', ' + self.pattern + ')':<24} {self.requested_sparsity:7.3f} "
+            f"{'pruned matrices':<24} {self.requested_sparsity:7.3f} {self.pruned_sparsity:9.4f} {'':>10} {'':>8}"
+        )
+        lines.append(
+            f"{'all block weights (' + self.method + ', ' + self.pattern + ')':<24} {'':>7} "
             f"{self.overall_sparsity:9.4f} {'':>10} {self.seconds:8.2f}"
         )
+        if self.dense_weights:
+            reasons: dict[str, list[int]] = {}
+            for weight in self.dense_weights:
+                reasons.setdefault(weight["reason"], []).append(int(weight["numel"]))
+            kept = ", ".join(f"{reason} {len(sizes)} ({sum(sizes):,} weights)" for reason, sizes in sorted(reasons.items()))
+            lines.append(f"left dense: {kept}")
+        for name, summary in self.experts.items():
+            tokens = summary["tokens"]
+            fallback = sum(1 for source in summary["statistics"] if source == "all")
+            lines.append(
+                f"{name}: {len(tokens)} experts, routed tokens min {min(tokens)} / max {max(tokens)}"
+                + (f", {fallback} on all-token statistics" if fallback else "")
+            )
         return "\n".join(lines)
+
+
+def _expert_summary(layers: list[LayerRecord]) -> dict[str, dict[str, list]]:
+    """Routed tokens and statistics source per expert, per fused experts module, from the expert records."""
+    summary: dict[str, dict[int, tuple[int, str]]] = {}
+    for record in layers:
+        if "tokens" not in record.info:
+            continue
+        module = record.name.split("[", 1)[0].rsplit(".", 1)[0]
+        summary.setdefault(module, {})[record.info["expert"]] = (record.info["tokens"], record.info["statistics"])
+    return {
+        module: {
+            "tokens": [experts[i][0] for i in sorted(experts)],
+            "statistics": [experts[i][1] for i in sorted(experts)],
+        }
+        for module, experts in summary.items()
+    }

@@ -33,11 +33,11 @@ from torch import nn
 
 from .._io import read_json, write_json_atomic
 from ..errors import AcceleratorMemoryError, CheckpointError
-from ..models import DecoderLayout, find_prunable_linears, get_weight
+from ..models import DecoderLayout, find_fused_experts, find_prunable_linears, get_weight
 from ..records import BlockRecord, LayerRecord
 from .capture import CapturedInputs
 from .distributed import barrier, is_main_process, process_index, world_size
-from .offload import read_weight, write_weight
+from .offload import read_parameter, read_weight, write_parameter, write_weight
 
 __all__ = [
     "BlockCheckpoint",
@@ -119,10 +119,16 @@ def _weights_digest(weight: torch.Tensor) -> bytes:
     return header + sample.view(torch.uint8).numpy().tobytes()
 
 
+def _fused_parameters(block: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Fused expert weights of ``block`` by their name inside it (``"mlp.experts.gate_up_proj"``)."""
+    return {f"{f.name}.{p}": (f.module, p) for f in find_fused_experts(block) for p in f.parameters}
+
+
 def model_fingerprint(model: nn.Module, layout: DecoderLayout) -> dict[str, Any]:
     """Identify ``model`` before pruning: its config, its parameters' names/shapes/dtypes and every block's weights.
 
-    Each block's prunable weights are digested (up to 65,536 evenly spaced values of each Linear, byte for byte),
+    Each block's prunable weights (Linears and fused expert tensors) are digested (up to 65,536 evenly spaced
+    values of each, byte for byte),
     which tells apart two checkpoints of one architecture (a base model and its fine-tune, or two that share
     their first blocks) at the cost of hashing a small sample of every weight. An edit that changes none of the
     sampled values of a large weight (a single value between them) is not seen.
@@ -140,6 +146,10 @@ def model_fingerprint(model: nn.Module, layout: DecoderLayout) -> dict[str, Any]
         for name, module in find_prunable_linears(block).items():
             digest.update(name.encode("utf-8"))
             digest.update(_weights_digest(read_weight(module, root=block, name=name)))
+        for name, (module, parameter) in _fused_parameters(block).items():
+            digest.update(name.encode("utf-8"))
+            weight = read_parameter(module, parameter, root=block, name=name.rsplit(".", 1)[0])
+            digest.update(_weights_digest(weight))
         block_digests[layout.block_name(index)] = digest.hexdigest()
     return {
         "config": config,
@@ -360,13 +370,24 @@ class BlockCheckpoint:
             block = layout.blocks[index]
             tensors = _load_tensors(self.directory / self.manifest["block_files"][index], f"block {index}'s weights")
             linears = find_prunable_linears(block)
-            unknown = sorted(set(tensors) - set(linears))
+            fused = _fused_parameters(block)
+            unknown = sorted(set(tensors) - set(linears) - set(fused))
             if unknown:
                 raise CheckpointError(
                     f"the resume checkpoint holds weights {unknown} that block {layout.block_name(index)} does not "
                     "have; it belongs to another model. Delete it to start over."
                 )
             for name, weight in tensors.items():
+                if name in fused:
+                    module, parameter = fused[name]
+                    if tuple(weight.shape) != tuple(getattr(module, parameter).shape):
+                        raise CheckpointError(
+                            f"{layout.block_name(index)}.{name} has shape {tuple(weight.shape)} in the resume "
+                            "checkpoint, not the model's; it belongs to another model. Delete it to start over."
+                        )
+                    experts = name.rsplit(".", 1)[0]
+                    write_parameter(module, parameter, weight, root=block, name=experts)
+                    continue
                 if tuple(weight.shape) != tuple(get_weight(linears[name]).shape):
                     raise CheckpointError(
                         f"{layout.block_name(index)}.{name} has shape {tuple(weight.shape)} in the resume checkpoint, "
@@ -446,6 +467,8 @@ class BlockCheckpoint:
             weights = {
                 n: _cpu_copy(read_weight(m, root=block, name=n)) for n, m in find_prunable_linears(block).items()
             }
+            for name, (module, parameter) in _fused_parameters(block).items():
+                weights[name] = _cpu_copy(read_parameter(module, parameter, root=block, name=name.rsplit(".", 1)[0]))
             _save_tensors_atomic(weights, self.directory / block_file)
             previous = self.manifest or {}
             manifest = {

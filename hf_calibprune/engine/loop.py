@@ -23,13 +23,14 @@ from tqdm.auto import tqdm
 from ..errors import NumericalError
 from ..methods import PruningMethod
 from ..methods.wanda import wanda_scores
-from ..models import DecoderLayout, find_decoder_layout, find_prunable_linears
+from ..models import DecoderLayout, ExpertMatrix, find_decoder_layout, find_fused_experts, find_moe_blocks, find_prunable_linears
 from ..refinement import MaskRefiner
 from ..records import BlockRecord, LayerRecord
 from ..sparsity import InputStatistics, LayerSparsity, SparsityPattern, outlier_ratio
 from .capture import CapturedInputs, block_hidden_output, capture_block_inputs
 from .checkpointing import BlockCheckpoint
 from .distributed import all_reduce_sums, broadcast_, resolve_device
+from .experts import ExpertCollector, ExpertStore, MoeCalibration, eager_experts
 from .hooks import AllInputsGathered, ErrorMeter, StatisticsCollector, hessian_error
 from .offload import read_weight, write_weight
 
@@ -56,6 +57,10 @@ class EngineOptions:
         execution_device (`str`, *optional*): move each block to this device (``"cuda"``) for its passes and
             back to where it was afterwards, so the accelerator holds one block at a time. Blocks placed by
             accelerate hooks (a ``device_map``) run where their hooks say instead.
+        moe_calibration (`str`, *optional*, defaults to `"routed"`): statistics of each expert from the tokens
+            routed to it (``"routed"``) or from every calibration token (``"all"``).
+        min_expert_tokens (`int`, *optional*, defaults to 128): under ``"routed"``, an expert routed fewer tokens
+            is given statistics over every token instead.
     """
 
     batch_size: int = 8
@@ -66,6 +71,8 @@ class EngineOptions:
     refiner: MaskRefiner | None = None
     progress: bool = True
     execution_device: str | None = None
+    moe_calibration: MoeCalibration = "routed"
+    min_expert_tokens: int = 128
 
 
 def _block_device(block: nn.Module) -> torch.device | None:
@@ -141,36 +148,73 @@ class LayerwiseEngine:
         done = checkpoint.completed_blocks() if checkpoint is not None else 0
         if done:
             layers, blocks = checkpoint.restore(self.layout, captured)
-        for index, block in enumerate(self._progress(self.layout.blocks, "Pruning blocks")):
-            if index < done:
-                continue
-            started = time.perf_counter()
-            name = self.layout.block_name(index)
-            sparsity = layer_sparsity[name]
-            linears = find_prunable_linears(block, self.options.ignore)
-            with self._placed(block):
-                if captured is None:
-                    records = [
-                        self._prune_linear(method, index, n, m, None, sparsity, pattern)[0] for n, m in linears.items()
-                    ]
-                elif self.options.schedule == "one-pass":
-                    records = self._prune_block_one_pass(method, index, block, linears, captured, sparsity, pattern)
-                else:
-                    records = self._prune_block_sequential(method, index, block, linears, captured, sparsity, pattern)
-            layers.extend(records)
-            blocks.append(_block_record(index, name, sparsity, records, time.perf_counter() - started))
-            if checkpoint is not None:
-                checkpoint.save_block(index, block, captured, layers, blocks)
+        with eager_experts([f for block in self.layout.blocks for f in find_fused_experts(block)]):
+            for index, block in enumerate(self._progress(self.layout.blocks, "Pruning blocks")):
+                if index >= done:
+                    layers.extend(self._prune_block(method, pattern, layer_sparsity, captured, index, block, blocks))
+                    if checkpoint is not None:
+                        checkpoint.save_block(index, block, captured, layers, blocks)
         return layers, blocks
 
-    def _prune_block_sequential(self, method, index, block, linears, captured, sparsity, pattern) -> list[LayerRecord]:
-        # Accelerate's hooks move weights back in their post-forward, which a stopped forward would skip.
-        stop_early = not any(hasattr(module, "_hf_hook") for module in block.modules())
-        collector = StatisticsCollector(linears, hessian=self._needs_gram(method), stop_early=stop_early)
+    def _prune_block(self, method, pattern, layer_sparsity, captured, index, block, blocks) -> list[LayerRecord]:
+        started = time.perf_counter()
+        name = self.layout.block_name(index)
+        sparsity = layer_sparsity[name]
+        linears = find_prunable_linears(block, self.options.ignore)
+        store = ExpertStore(block)
+        matrices = self._expert_matrices(block)
+        with self._placed(block):
+            if captured is None:
+                records = [self._prune_linear(method, index, n, m, None, sparsity, pattern)[0] for n, m in linears.items()]
+                records += [self._prune_expert(method, index, store, m, None, sparsity, pattern) for m in matrices]
+            elif self.options.schedule == "one-pass":
+                records = self._prune_block_one_pass(method, index, block, linears, captured, sparsity, pattern, store)
+            else:
+                records = self._prune_block_sequential(method, index, block, linears, captured, sparsity, pattern, store)
+            store.flush()
+        blocks.append(_block_record(index, name, sparsity, records, time.perf_counter() - started))
+        return records
+
+    def _expert_matrices(self, block: nn.Module) -> list[ExpertMatrix]:
+        """Every expert matrix of ``block``'s fused experts, except those matching ``ignore``."""
+        return [
+            matrix
+            for fused in find_fused_experts(block)
+            for matrix in fused.matrices()
+            if not any(pattern in f"{fused.name}.{matrix.parameter}" for pattern in self.options.ignore)
+        ]
+
+    def _expert_collector(self, block, hessian: bool, prune=None) -> ExpertCollector | None:
+        experts = [f for f in find_fused_experts(block) if any(m.experts == f.name for m in self._expert_matrices(block))]
+        if not experts:
+            return None
+        return ExpertCollector(
+            experts, hessian, self.options.moe_calibration, self.options.min_expert_tokens, prune=prune
+        )
+
+    def _prune_block_sequential(
+        self, method, index, block, linears, captured, sparsity, pattern, store
+    ) -> list[LayerRecord]:
+        # Accelerate's hooks move weights back in their post-forward, which a stopped forward would skip; experts
+        # are called in an order that depends on routing, so no call is known to be a block's last.
+        stop_early = not any(hasattr(module, "_hf_hook") for module in block.modules()) and not find_moe_blocks(block)
+        hessian = self._needs_gram(method)
+        collector = StatisticsCollector(linears, hessian=hessian, stop_early=stop_early)
+        experts = self._expert_collector(block, hessian)
         try:
-            self._run_block(block, index, captured, collector, keep_outputs=False)
+            self._run_block(block, index, captured, (collector, experts), keep_outputs=False)
+            collector.remove()
+            if experts is not None:
+                experts.all_reduce_counts()
+                fallback = experts.fallback_experts()
+                if fallback:  # one more pass, for the experts that were routed too few tokens
+                    experts.use_all_tokens_for(fallback)
+                    self._run_block(block, index, captured, experts, keep_outputs=False)
+                experts.all_reduce_statistics()
         finally:
             collector.remove()
+            if experts is not None:
+                experts.remove()
         _all_reduce(collector.stats)
         records, removed = [], {}
         for name, module in linears.items():
@@ -178,6 +222,10 @@ class LayerwiseEngine:
             records.append(record)
             if record.reconstruction_error is None and delta is not None:
                 removed[name] = delta
+        if experts is not None:
+            for matrix in self._expert_matrices(block):
+                records.append(self._prune_expert(method, index, store, matrix, experts, sparsity, pattern))
+            store.flush()
         meter = ErrorMeter(linears, removed) if removed else None
         try:
             self._run_block(block, index, captured, meter, keep_outputs=True)
@@ -192,8 +240,17 @@ class LayerwiseEngine:
                     record.reconstruction_error = errors[name]
         return records
 
-    def _prune_block_one_pass(self, method, index, block, linears, captured, sparsity, pattern) -> list[LayerRecord]:
+    def _prune_block_one_pass(
+        self, method, index, block, linears, captured, sparsity, pattern, store
+    ) -> list[LayerRecord]:
         records: dict[str, LayerRecord] = {}
+        expert_records: list[LayerRecord] = []
+        matrices = self._expert_matrices(block)
+
+        def prune_experts(fused, parameter: str) -> None:
+            for matrix in matrices:
+                if matrix.experts == fused.name and matrix.parameter == parameter:
+                    expert_records.append(self._prune_expert(method, index, store, matrix, experts, sparsity, pattern))
         removed: dict[str, torch.Tensor] = {}
         reduced: set[int] = set()  # q/k/v share one statistic: sum it over processes once
 
@@ -209,13 +266,20 @@ class LayerwiseEngine:
             records[name] = record
 
         collector = StatisticsCollector(linears, hessian=self._needs_gram(method), on_input=prune_before_use)
+        experts = self._expert_collector(block, self._needs_gram(method), prune=prune_experts)
         meter = ErrorMeter(linears, removed) if self.options.measure_error and not self._needs_gram(method) else None
         try:
-            self._run_block(block, index, captured, (collector, meter), keep_outputs=True)
+            self._run_block(block, index, captured, (collector, experts, meter), keep_outputs=True)
         finally:
             collector.remove()
+            if experts is not None:
+                experts.remove()
             if meter is not None:
                 meter.remove()
+        pruned = {record.name for record in expert_records}
+        for matrix in matrices:  # an experts module the pass never called (no MoE layer ran)
+            if f"{self.layout.block_name(index)}.{matrix.name}" not in pruned:
+                raise NumericalError(f"block {self.layout.block_name(index)}: experts {matrix.experts} were never called.")
         missing = [name for name in linears if name not in records]
         if missing:
             raise NumericalError(f"block {self.layout.block_name(index)}: Linears {missing} received no input.")
@@ -223,7 +287,22 @@ class LayerwiseEngine:
             _all_reduce_meter(meter)
             for name, error in meter.result().items():
                 records[name].reconstruction_error = error
-        return [records[name] for name in linears]
+        return [records[name] for name in linears] + expert_records
+
+    def _prune_expert(
+        self, method, index, store: ExpertStore, matrix: ExpertMatrix, experts: ExpertCollector | None, sparsity, pattern
+    ) -> LayerRecord:
+        stats = experts.statistics(matrix) if experts is not None else None
+        info = {"expert": matrix.expert}
+        if experts is not None:
+            info["tokens"] = experts.tokens[matrix.experts][matrix.expert]
+            info["statistics"] = experts.sources[matrix.experts][matrix.expert]
+        record, _ = self._prune_weight(
+            method, index, matrix.name, store.read(matrix), lambda weight: store.write(matrix, weight), stats,
+            sparsity, pattern,
+        )
+        record.info = {**record.info, **info}
+        return record
 
     def _prune_linear(
         self,
@@ -235,10 +314,32 @@ class LayerwiseEngine:
         sparsity: float,
         pattern: SparsityPattern,
     ) -> tuple[LayerRecord, torch.Tensor | None]:
-        full_name = f"{self.layout.block_name(index)}.{name}"
         block = self.layout.blocks[index]
+        return self._prune_weight(
+            method,
+            index,
+            name,
+            read_weight(module, root=block, name=name),
+            lambda weight: write_weight(module, weight, root=block, name=name),
+            stats,
+            sparsity,
+            pattern,
+        )
+
+    def _prune_weight(
+        self,
+        method: PruningMethod,
+        index: int,
+        name: str,
+        weight: torch.Tensor,
+        write,
+        stats: InputStatistics | None,
+        sparsity: float,
+        pattern: SparsityPattern,
+    ) -> tuple[LayerRecord, torch.Tensor | None]:
+        """Prune one ``[out, in]`` matrix (a Linear's weight or one expert's) and write it with ``write``."""
+        full_name = f"{self.layout.block_name(index)}.{name}"
         started = time.perf_counter()
-        weight = read_weight(module, root=block, name=name)
         # Offloaded weights come from CPU RAM or disk; the math runs where the block's activations were.
         device = stats.squared_sum.device if stats is not None else weight.device
         weight = weight.to(device=device, dtype=torch.float32, copy=True)
@@ -256,7 +357,7 @@ class LayerwiseEngine:
         except NumericalError as error:
             raise NumericalError(f"{full_name}: {error}") from error
         broadcast_(result.weight)  # every process keeps the main process's result, bit for bit
-        written = write_weight(module, result.weight, root=block, name=name)
+        written = write(result.weight)
         delta = weight - written.to(weight.device, torch.float32) if self.options.measure_error and stats is not None else None
         error = None
         if delta is not None and stats.gram is not None:

@@ -34,9 +34,16 @@ import torch
 from torch import nn
 
 from ..errors import ModelStructureError
-from ..models import get_weight, set_weight
 
-__all__ = ["WeightLocation", "locate_weight", "read_weight", "write_weight", "is_offloaded"]
+__all__ = [
+    "WeightLocation",
+    "locate_weight",
+    "read_weight",
+    "write_weight",
+    "read_parameter",
+    "write_parameter",
+    "is_offloaded",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,18 +77,21 @@ def _hooks(module: nn.Module):
     return list(getattr(hook, "hooks", None) or [hook])
 
 
-def _offload_map(module: nn.Module, root: nn.Module | None, name: str) -> tuple[Any, str] | None:
-    """The offload ``weights_map`` and key of ``module.weight``, searching ``module`` then its ancestors up to ``root``.
+def _offload_map(
+    module: nn.Module, root: nn.Module | None, name: str, parameter: str = "weight"
+) -> tuple[Any, str] | None:
+    """The offload ``weights_map`` and key of ``module.<parameter>``, searching ``module`` then its ancestors up to
+    ``root``.
 
     Hooks placed with ``place_submodules=True`` (``preload_module_classes``) sit on an ancestor and key the
     weight by its path below that ancestor.
     """
-    candidates: list[tuple[nn.Module, str]] = [(module, "weight")]
+    candidates: list[tuple[nn.Module, str]] = [(module, parameter)]
     if root is not None and name:
         parts = name.split(".")
         for depth in range(len(parts) - 1, -1, -1):
             ancestor = root.get_submodule(".".join(parts[:depth])) if depth else root
-            candidates.append((ancestor, ".".join(parts[depth:] + ["weight"])))
+            candidates.append((ancestor, ".".join(parts[depth:] + [parameter])))
     for owner, key in candidates:
         for hook in _hooks(owner):
             weights_map = getattr(hook, "weights_map", None)
@@ -111,15 +121,18 @@ def _innermost(weights_map: Any, key: str) -> tuple[Any, str]:
     return weights_map, key
 
 
-def locate_weight(module: nn.Module, *, root: nn.Module | None = None, name: str = "") -> WeightLocation:
-    """Find where ``module.weight`` is kept.
+def locate_weight(
+    module: nn.Module, *, root: nn.Module | None = None, name: str = "", parameter: str = "weight"
+) -> WeightLocation:
+    """Find where ``module.<parameter>`` is kept.
 
     Args:
-        module (`nn.Module`): a Linear or ``Conv1D``.
+        module (`nn.Module`): a Linear or ``Conv1D`` (or any module, with ``parameter``).
         root (`nn.Module`, *optional*): an ancestor (the decoder block) whose hooks may own the weight.
         name (`str`, *optional*): ``module``'s path below ``root`` (``"self_attn.q_proj"``).
+        parameter (`str`, *optional*, defaults to `"weight"`): the parameter's attribute name on ``module``.
     """
-    found = _offload_map(module, root, name)
+    found = _offload_map(module, root, name, parameter)
     if found is None:
         return WeightLocation("memory")
     inner, full_key = _innermost(*found)
@@ -139,27 +152,71 @@ def _transposed(module: nn.Module) -> bool:
     return not isinstance(module, nn.Linear)
 
 
-def read_weight(module: nn.Module, *, root: nn.Module | None = None, name: str = "") -> torch.Tensor:
-    """The weight of ``module`` as ``[out_features, in_features]``, from wherever it lives.
+def read_parameter(
+    module: nn.Module, parameter: str, *, root: nn.Module | None = None, name: str = ""
+) -> torch.Tensor:
+    """The value of ``module.<parameter>`` as stored, from wherever it lives.
 
-    A materialized parameter is returned as a view (do not modify it in place); an offloaded one is read from
-    the offload map (CPU RAM or disk) into a CPU tensor.
+    A materialized parameter is returned detached (a view: do not modify it in place); an offloaded one is read
+    from the offload map (CPU RAM or disk) into a CPU tensor.
 
     Raises:
-        :class:`~hf_calibprune.errors.ModelStructureError`: the weight is on ``meta`` and no accelerate hook
+        :class:`~hf_calibprune.errors.ModelStructureError`: the parameter is on ``meta`` and no accelerate hook
             holds its value.
     """
-    weight = module.weight
-    if weight.device.type != "meta":
-        return get_weight(module).detach()
-    location = locate_weight(module, root=root, name=name)
+    value = getattr(module, parameter)
+    if value.device.type != "meta":
+        return value.detach()
+    location = locate_weight(module, root=root, name=name, parameter=parameter)
     if location.storage == "memory":
         raise ModelStructureError(
-            f"the weight of {name or type(module).__name__} is on the meta device and no accelerate offload hook "
-            "holds its value; load the model with from_pretrained(device_map=..., offload_folder=...) or "
+            f"the {parameter} of {name or type(module).__name__} is on the meta device and no accelerate offload "
+            "hook holds its value; load the model with from_pretrained(device_map=..., offload_folder=...) or "
             "accelerate.dispatch_model instead of moving it to meta yourself."
         )
-    value = location.mapping[location.key]
+    return location.mapping[location.key]
+
+
+def write_parameter(
+    module: nn.Module, parameter: str, value: torch.Tensor, *, root: nn.Module | None = None, name: str = ""
+) -> torch.Tensor:
+    """Write ``value`` (in the parameter's stored layout) into ``module.<parameter>`` so it survives accelerate's hooks.
+
+    The materialized parameter (if any) and the offload map (if any) both receive the value, in the stored
+    dtype. Returns the value as stored.
+    """
+    target = getattr(module, parameter)
+    location = locate_weight(module, root=root, name=name, parameter=parameter)
+    stored = None
+    if target.device.type != "meta":
+        with torch.no_grad():
+            target.copy_(value.to(device=target.device, dtype=target.dtype))
+        stored = target.detach()
+    if location.storage == "memory":
+        if stored is None:
+            raise ModelStructureError(
+                f"cannot write the {parameter} of {name or type(module).__name__}: it is on the meta device and no "
+                "accelerate offload hook holds its value."
+            )
+        return stored
+    # The parameter keeps shape and dtype on meta, so the disk copy need not be read back for them.
+    value = value.detach().to(device="cpu", dtype=target.dtype)
+    if tuple(value.shape) != tuple(target.shape):
+        raise ModelStructureError(
+            f"pruned {parameter} of {name or location.key} has shape {tuple(value.shape)}, the module's "
+            f"{tuple(target.shape)}."
+        )
+    if location.storage == "cpu":
+        _write_cpu(location, location.mapping[location.key], value)
+    else:
+        _write_disk(location, value)
+    return stored if stored is not None else value
+
+
+def read_weight(module: nn.Module, *, root: nn.Module | None = None, name: str = "") -> torch.Tensor:
+    """The weight of ``module`` as ``[out_features, in_features]``, from wherever it lives (see
+    :func:`read_parameter`)."""
+    value = read_parameter(module, "weight", root=root, name=name)
     return value.t() if _transposed(module) else value
 
 
@@ -168,36 +225,10 @@ def write_weight(
 ) -> torch.Tensor:
     """Write ``weight`` (``[out_features, in_features]``) into ``module`` so that it survives accelerate's hooks.
 
-    The materialized parameter (if any) and the offload map (if any) both receive the value, in the stored
-    dtype. Returns the value as stored (``[out_features, in_features]``, the module's dtype).
+    Returns the value as stored (``[out_features, in_features]``, the module's dtype).
     """
-    location = locate_weight(module, root=root, name=name)
-    stored = None
-    if module.weight.device.type != "meta":
-        set_weight(module, weight)
-        stored = get_weight(module).detach()
-    if location.storage == "memory":
-        if stored is None:
-            raise ModelStructureError(
-                f"cannot write the weight of {name or type(module).__name__}: it is on the meta device and no "
-                "accelerate offload hook holds its value."
-            )
-        return stored
-    value = weight.t() if _transposed(module) else weight
-    # The parameter keeps shape and dtype on meta, so the disk copy need not be read back for them.
-    value = value.detach().to(device="cpu", dtype=module.weight.dtype)
-    if tuple(value.shape) != tuple(module.weight.shape):
-        raise ModelStructureError(
-            f"pruned weight of {name or location.key} has shape {tuple(value.shape)}, the module's "
-            f"{tuple(module.weight.shape)}."
-        )
-    if location.storage == "cpu":
-        _write_cpu(location, location.mapping[location.key], value)
-    else:
-        _write_disk(location, value)
-    if stored is None:
-        stored = value.t() if _transposed(module) else value
-    return stored
+    stored = write_parameter(module, "weight", weight.t() if _transposed(module) else weight, root=root, name=name)
+    return stored.t() if _transposed(module) else stored
 
 
 def _write_cpu(location: WeightLocation, current: torch.Tensor, value: torch.Tensor) -> None:

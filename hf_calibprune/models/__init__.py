@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .experts import ExpertMatrix, FusedExperts, MoeBlock, find_fused_experts, find_moe_blocks
 from .layout import (
     DecoderLayout,
     check_decoder_only,
@@ -14,6 +15,11 @@ from .layout import (
 
 __all__ = [
     "DecoderLayout",
+    "ExpertMatrix",
+    "FusedExperts",
+    "MoeBlock",
+    "find_fused_experts",
+    "find_moe_blocks",
     "check_decoder_only",
     "find_decoder_layout",
     "find_prunable_linears",

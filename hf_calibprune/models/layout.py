@@ -130,9 +130,13 @@ def find_decoder_layout(model: nn.Module) -> DecoderLayout:
 
 
 def find_prunable_linears(block: nn.Module, ignore: tuple[str, ...] | list[str] = ()) -> dict[str, nn.Module]:
-    """Every Linear/Conv1D in ``block`` by its name inside the block, except names containing an ``ignore`` entry."""
+    """Every Linear/Conv1D in ``block`` by its name inside the block, except Mixture-of-Experts routers (which stay
+    dense) and names containing an ``ignore`` entry."""
+    from .experts import find_moe_blocks
+
+    routers = {router.rsplit(".", 1)[0] for moe in find_moe_blocks(block) for router in moe.routers}
     return {
         name: module
         for name, module in block.named_modules()
-        if is_prunable_linear(module) and not any(pattern in name for pattern in ignore)
+        if is_prunable_linear(module) and name not in routers and not any(pattern in name for pattern in ignore)
     }
