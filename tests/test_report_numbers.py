@@ -64,6 +64,10 @@ def test_report_numbers_match_direct_computations(schedule):
         worst = max(layers[n].reconstruction_error for n in names)
         assert f"{expected:9.4f} {worst:10.4f}" in table[2 + index], table[2 + index]
     assert len(report.blocks) == BLOCKS
+    # A Llama block's rank >= 2 weights are its seven Linears: over the pruned matrices and over all block weights,
+    # the same count.
     overall = sum(zeros.values()) / sum(sizes.values())
+    assert report.pruned_sparsity == pytest.approx(overall, abs=1e-12)
     assert report.overall_sparsity == pytest.approx(overall, abs=1e-12)
-    assert f"{overall:9.4f}" in table[-1]
+    totals = [line for line in table if line.startswith(("pruned matrices", "all block weights"))]
+    assert len(totals) == 2 and all(f"{overall:9.4f}" in line for line in totals), totals

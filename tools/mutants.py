@@ -18,6 +18,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     width = max(len(m.name) for m in mutants)
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))  # still remove the scratch copy
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="hf_calibprune-mutants-"))
     try:
