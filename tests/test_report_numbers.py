@@ -11,7 +11,7 @@ import reference_pruning as ref
 from conftest import TEXT, make_tokenizer
 from hf_calibprune import CalibratedPruner, PruningConfig
 from hf_calibprune.calibration import build_calibration_samples
-from reference_pruning import BLOCKS, SAMPLES, LENGTH, spread_model
+from reference_pruning import BLOCKS, LENGTH, SAMPLES, spread_model
 
 PRE_ZEROED = ("model.layers.1.self_attn.v_proj", "model.layers.2.mlp.up_proj", "model.layers.2.mlp.down_proj")
 
