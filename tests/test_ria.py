@@ -64,12 +64,20 @@ def test_ria_mask_differs_from_wanda_and_follows_direct_scores():
 
 
 def test_ria_two_four_compares_within_groups():
-    stats = stats_of(INPUTS)
-    result = build_method("ria").prune(WEIGHT, stats, 0.5, parse_pattern("2:4"))
-    direct = direct_ria(WEIGHT, INPUTS, 0.5)
-    expected = torch.zeros_like(result.mask).scatter_(1, torch.topk(direct, 2, dim=1, largest=False).indices, True)
+    # Eight columns: two groups of four, where the lowest half of a row is not two of each group.
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 8, generator=generator) * torch.tensor([1.0, 1.0, 1.0, 1.0, 3.0, 3.0, 3.0, 3.0])
+    inputs = torch.rand(5, 8, generator=generator) + 0.2
+    result = build_method("ria").prune(weight, stats_of(inputs), 0.5, parse_pattern("2:4"))
+    direct = direct_ria(weight, inputs, 0.5)
+    groups = direct.reshape(6, 2, 4)
+    expected = torch.zeros_like(groups, dtype=torch.bool).scatter_(
+        -1, torch.topk(groups, 2, dim=-1, largest=False).indices, True
+    ).reshape(6, 8)
+    per_row = torch.zeros_like(expected).scatter_(1, torch.topk(direct, 4, dim=1, largest=False).indices, True)
+    assert not torch.equal(expected, per_row), "the test input must separate groups from rows"
     assert torch.equal(result.mask, expected)
-    assert (result.mask.sum(dim=1) == 2).all()
+    assert (result.mask.reshape(6, 2, 4).sum(dim=-1) == 2).all()
 
 
 def test_exponent_changes_the_ranking():

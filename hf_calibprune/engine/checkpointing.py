@@ -55,6 +55,8 @@ MANIFEST_NAME = "resume_manifest.json"
 _FORMAT = "hf_calibprune-resume/1"
 _BLOCK_FILE = "block-{:05d}.safetensors"
 _ACTIVATIONS_FILE = "activations-{:05d}.rank{}.safetensors"
+#: Values of each Linear's weight that :func:`model_fingerprint` hashes (evenly spaced; all of a smaller weight).
+_DIGEST_VALUES = 65536
 
 #: Config keys a resumed run may change: they decide where and in what groups activations are processed, or
 #: what is recorded, but not which weights are pruned. Changing ``batch_size`` (to recover from running out of
@@ -108,35 +110,52 @@ def _model_config(model: nn.Module) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in data.items() if k not in _VOLATILE_MODEL_KEYS}, default=str))
 
 
+def _weights_digest(weight: torch.Tensor) -> bytes:
+    """The bytes of up to ``_DIGEST_VALUES`` evenly spaced values of ``weight``, with its shape and dtype."""
+    flat = weight.detach().reshape(-1)
+    step = max(1, flat.numel() // _DIGEST_VALUES)
+    sample = flat[::step].to("cpu").contiguous()
+    header = f"{tuple(weight.shape)}:{weight.dtype}:{step}".encode("utf-8")
+    return header + sample.view(torch.uint8).numpy().tobytes()
+
+
 def _fused_parameters(block: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     """Fused expert weights of ``block`` by their name inside it (``"mlp.experts.gate_up_proj"``)."""
     return {f"{f.name}.{p}": (f.module, p) for f in find_fused_experts(block) for p in f.parameters}
 
 
 def model_fingerprint(model: nn.Module, layout: DecoderLayout) -> dict[str, Any]:
-    """Identify ``model`` before pruning: its config, its parameters' names/shapes/dtypes and its first block's weights.
+    """Identify ``model`` before pruning: its config, its parameters' names/shapes/dtypes and every block's weights.
 
-    The first block's prunable weights are hashed byte for byte, which tells apart two checkpoints of one
-    architecture (a base model and its fine-tune) at the cost of reading one block.
+    Each block's prunable weights (Linears and fused expert tensors) are digested (up to 65,536 evenly spaced
+    values of each, byte for byte),
+    which tells apart two checkpoints of one architecture (a base model and its fine-tune, or two that share
+    their first blocks) at the cost of hashing a small sample of every weight. An edit that changes none of the
+    sampled values of a large weight (a single value between them) is not seen.
 
     Returns:
         `dict`: ``config`` (``model.config`` without paths and versions), ``config_sha256``, ``structure_sha256``,
-        ``first_block_sha256`` and ``name_or_path`` (informational; a moved model still resumes).
+        ``block_sha256`` (a digest per decoder block, by block name) and ``name_or_path`` (informational; a moved
+        model still resumes).
     """
     config = _model_config(model)
     structure = [(name, list(p.shape), str(p.dtype)) for name, p in model.named_parameters()]
-    digest = hashlib.sha256()
-    if len(layout.blocks):
-        block = layout.blocks[0]
+    block_digests = {}
+    for index, block in enumerate(layout.blocks):
+        digest = hashlib.sha256()
         for name, module in find_prunable_linears(block).items():
-            weight = read_weight(module, root=block, name=name)
             digest.update(name.encode("utf-8"))
-            digest.update(weight.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(_weights_digest(read_weight(module, root=block, name=name)))
+        for name, (module, parameter) in _fused_parameters(block).items():
+            digest.update(name.encode("utf-8"))
+            weight = read_parameter(module, parameter, root=block, name=name.rsplit(".", 1)[0])
+            digest.update(_weights_digest(weight))
+        block_digests[layout.block_name(index)] = digest.hexdigest()
     return {
         "config": config,
         "config_sha256": _json_sha256(config),
         "structure_sha256": _json_sha256(structure),
-        "first_block_sha256": digest.hexdigest(),
+        "block_sha256": block_digests,
         "name_or_path": str(getattr(getattr(model, "config", None), "_name_or_path", "") or ""),
     }
 
@@ -164,6 +183,16 @@ def _dict_differences(saved: dict[str, Any], current: dict[str, Any], skip: tupl
     ]
 
 
+def _differing_blocks(saved: Any, current: dict[str, str]) -> str:
+    if not isinstance(saved, dict):
+        return "the checkpoint holds no per-block digests: it was written by an older hf_calibprune"
+    differing = [name for name in current if saved.get(name) != current[name]]
+    return (
+        f"blocks {', '.join(differing)} do not match: another checkpoint of the same architecture, or a model that "
+        "was already pruned"
+    )
+
+
 def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What differs between two fingerprints, in words."""
     found = []
@@ -176,11 +205,9 @@ def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
         found.append("the model's config.json differs: " + ("; ".join(keys[:8]) or "(contents)"))
     elif saved_model.get("structure_sha256") != model.get("structure_sha256"):
         found.append("the model's parameter names, shapes or dtypes differ (another model, or loaded in another dtype)")
-    elif saved_model.get("first_block_sha256") != model.get("first_block_sha256"):
-        found.append(
-            "the model's weights differ (its first block's weights do not match: another checkpoint of the same "
-            "architecture, or a model that was already pruned)"
-        )
+    elif saved_model.get("block_sha256") != model.get("block_sha256"):
+        differing = _differing_blocks(saved_model.get("block_sha256"), model.get("block_sha256") or {})
+        found.append(f"the model's weights differ ({differing})")
     saved_calibration, calibration = saved.get("calibration") or {}, current.get("calibration") or {}
     if saved_calibration.get("token_sha256") != calibration.get("token_sha256"):
         details = _dict_differences(

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from hf_calibprune.calibration import SOURCES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,16 +19,6 @@ def _run(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.Comp
         [sys.executable, "-m", "hf_calibprune", "calibration", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cli_importable():
-    try:
-        from hf_calibprune.cli import build_parser
-
-        build_parser()
-    except Exception as error:  # noqa: BLE001 - another engineer's command may not import yet
-        pytest.skip(f"the command line does not import yet: {type(error).__name__}: {error}")
 
 
 def test_list_prints_every_source():

@@ -8,6 +8,7 @@ import datasets
 import pytest
 import torch
 
+from hf_calibprune import CalibratedPruner, PruningConfig
 from hf_calibprune.errors import ConfigError
 from hf_calibprune.recovery import check_masks, extract_masks, load_texts, recover
 
@@ -44,12 +45,9 @@ def test_recover_lowers_the_loss_and_keeps_every_zero(pruned_model, word_tokeniz
 
 
 def test_recover_respects_a_real_pruning_report(word_tokenizer):
-    pruner = pytest.importorskip("hf_calibprune.pruner")
-    from hf_calibprune import PruningConfig
-
     model = tiny_llama(seed=3)
     config = PruningConfig(method="magnitude", sparsity=0.5, ignore=["mlp.down_proj"], seq_len=32, num_samples=4)
-    pruner.CalibratedPruner(config, progress=False).prune(model)
+    CalibratedPruner(config, progress=False).prune(model)
     listed = {record.name for record in model.pruning_report.layers}
     masks = extract_masks(model)
     assert set(masks) == listed and not any("down_proj" in name for name in masks)
