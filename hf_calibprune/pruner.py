@@ -16,6 +16,7 @@ from .engine.distributed import init_distributed, is_main_process, process_index
 from .errors import ConfigError
 from .methods import build_method
 from .models import check_decoder_only
+from .reconstruction import build_reconstructor
 from .refinement import build_refiner
 from .report import PruningReport
 from .sparsity import LayerSparsity, owl_layer_sparsities, parse_pattern, uniform_layer_sparsities
@@ -88,7 +89,10 @@ class CalibratedPruner:
         config = self.config
         check_decoder_only(model)
         method = build_method(config.method, config.method_options)
-        needs_data = method.needs != "none" or config.allocation == "owl" or config.refine is not None
+        needs_data = (
+            method.needs != "none" or config.allocation == "owl" or config.refine is not None
+            or config.reconstruct is not None
+        )
         if needs_data:
             self._check_seq_len(model)
             self._check_vocabulary(model)
@@ -104,6 +108,9 @@ class CalibratedPruner:
                 execution_device=config.execution_device,
                 ignore=tuple(config.ignore),
                 refiner=build_refiner(config.refine, config.refine_options) if config.refine else None,
+                reconstructor=(
+                    build_reconstructor(config.reconstruct, config.reconstruct_options) if config.reconstruct else None
+                ),
                 progress=self.progress and is_main_process(),
             ),
         )
