@@ -77,6 +77,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--refine-option", action="append", default=[], metavar="KEY=VALUE", help="A refiner option, JSON-parsed."
     )
+    from ..reconstruction import RECONSTRUCTORS
+
+    parser.add_argument(
+        "--reconstruct", choices=RECONSTRUCTORS.names(), help="Re-fit the kept weights after method and refiner (admm)."
+    )
+    parser.add_argument(
+        "--reconstruct-option", action="append", default=[], metavar="KEY=VALUE",
+        help="A reconstructor option, JSON-parsed.",
+    )
     parser.add_argument("--output", help="Directory to save the pruned checkpoint to.")
     parser.add_argument("--format", default="dense", choices=["dense", "compact"], help="Checkpoint format.")
     parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output.")
@@ -125,6 +134,12 @@ def config_from_args(args: argparse.Namespace):
         data["refine"] = args.refine
     if getattr(args, "refine_option", None):
         data["refine_options"] = {**data.get("refine_options", {}), **dict(map(_parse_option, args.refine_option))}
+    if getattr(args, "reconstruct", None):
+        data["reconstruct"] = args.reconstruct
+    if getattr(args, "reconstruct_option", None):
+        data["reconstruct_options"] = {
+            **data.get("reconstruct_options", {}), **dict(map(_parse_option, args.reconstruct_option))
+        }
     return PruningConfig.from_dict(data)
 
 
