@@ -15,31 +15,22 @@ WikiText-2 is held apart). 2:4 rows run first.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
-from docs_section import command_table, write_section
-from refine_benchmark import C4_FILE, DEFAULT_DATA, _torch_version, load_model
+from docs_section import command_table
+from grid import C4_FILE, ResultLog, grid_parser, load_dense_model, run_grid, torch_version, wikitext2_perplexity
 
-SECTION = "## Mask and weights together: refinement and reconstruction"
+SECTION = ("reconstruct_benchmark", "## Mask and weights together: refinement and reconstruction")
 #: Each variant's (refine, reconstruct).
 VARIANTS = {"alone": (None, None), "swaps": ("swaps", None), "admm": (None, "admm"), "swaps+admm": ("swaps", "admm")}
 
 
-def run_all(args: argparse.Namespace) -> list[dict]:
-    import torch
-
+def run_all(args: argparse.Namespace, log: ResultLog) -> None:
     from hf_calibprune import CalibratedPruner, PruningConfig
     from hf_calibprune.calibration import build_calibration_samples
     from hf_calibprune.engine import EngineOptions, LayerwiseEngine
-    from hf_calibprune.evaluation import perplexity
 
-    torch.manual_seed(0)
-    model, tokenizer = load_model()
-    model.eval()
-    dense = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    model, tokenizer, dense = load_dense_model()
     calibration = str(args.data_dir / C4_FILE)
     samples = build_calibration_samples(calibration, tokenizer, num_samples=args.num_samples, seq_len=args.seq_len, seed=0)
     engine = LayerwiseEngine(model, EngineOptions(batch_size=8, progress=False))
@@ -51,35 +42,12 @@ def run_all(args: argparse.Namespace) -> list[dict]:
         engine.forward_blocks(captured)
         return time.perf_counter() - started
 
-    def evaluate() -> float:
-        return perplexity(
-            model, tokenizer, "wikitext2", seq_len=args.eval_seq_len, limit=args.ppl_windows,
-            data_dir=args.data_dir, batch_size=4,
-        )
-
-    done = _load_results(args)
-    results = []
-
-    def record(row: dict) -> None:
-        row["settings"] = _settings(args)
-        results.append(row)
-        print(json.dumps(row), flush=True)
-        if args.results is not None:
-            with args.results.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
-
-    if ("dense", "-", "-") in done:
-        results.append(done[("dense", "-", "-")])
-    else:
-        record({"method": "dense", "pattern": "-", "variant": "-", "perplexity": evaluate()})
+    log.record_dense(model, tokenizer, args)
     for pattern in args.patterns:
         for method in args.methods:
-            todo = [v for v in args.variants if (method, pattern, v) not in done]
+            todo = [v for v in args.variants if not log.reuse((method, pattern, v))]
             forward_s = dense_pass_seconds() if todo else None
-            for variant in args.variants:
-                if variant not in todo:
-                    results.append(done[(method, pattern, variant)])
-                    continue
+            for variant in todo:
                 model.load_state_dict(dense)
                 refine, reconstruct = VARIANTS[variant]
                 config = PruningConfig(
@@ -100,23 +68,14 @@ def run_all(args: argparse.Namespace) -> list[dict]:
                     pairs = [(layer.info["error_before_reconstruct"], layer.info["error_after_reconstruct"])
                              for layer in report.layers]
                     row["reconstruct_ratio"] = sum(a / b for b, a in pairs if b) / len(pairs)
-                row["perplexity"] = evaluate()
-                record(row)
-    return results
+                row["perplexity"] = wikitext2_perplexity(model, tokenizer, args)
+                log.record(row)
 
 
 def _settings(args: argparse.Namespace) -> dict:
     """What makes two runs comparable; rows saved with other settings are not reused."""
     keys = ("num_samples", "seq_len", "max_iterations", "ppl_windows", "eval_seq_len")
     return {key: getattr(args, key) for key in keys}
-
-
-def _load_results(args: argparse.Namespace) -> dict[tuple[str, str, str], dict]:
-    """Rows of an earlier run (``--results``) with the same settings, keyed by (method, pattern, variant)."""
-    if args.results is None or not args.results.is_file():
-        return {}
-    rows = [json.loads(line) for line in args.results.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {(r["method"], r["pattern"], r["variant"]): r for r in rows if r.get("settings") == _settings(args)}
 
 
 def markdown(results: list[dict], command: str, args: argparse.Namespace) -> str:
@@ -136,7 +95,7 @@ def markdown(results: list[dict], command: str, args: argparse.Namespace) -> str
         rows.append([r["method"], r["pattern"], r["variant"], f"{r['prune_s']:.0f}", f"{r['ratio']:.1f}",
                      f"{r['mean_error']:.4f}", ratio, f"{r['perplexity']:.2f}", relative])
     preamble = (
-        f"2 shared, loaded CPU cores, torch {_torch_version()}, float32; SmolLM2-135M-Instruct, sparsity 0.5, "
+        f"2 shared, loaded CPU cores, torch {torch_version()}, float32; SmolLM2-135M-Instruct, sparsity 0.5, "
         f"calibration {args.num_samples} x {args.seq_len} tokens of C4 (`{C4_FILE}`), sequential schedule. "
         f"Perplexity on the first {args.ppl_windows} windows of {args.eval_seq_len} tokens of WikiText-2 test. "
         f"SparseSwaps ran at most {args.max_iterations} swaps per row; ADMM with its default options. "
@@ -149,40 +108,12 @@ def markdown(results: list[dict], command: str, args: argparse.Namespace) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-samples", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--methods", nargs="+", default=["sparsegpt", "wanda", "ria"])
-    parser.add_argument("--patterns", nargs="+", default=["2:4", "unstructured"])
+    parser = grid_parser(__doc__, ["sparsegpt", "wanda", "ria"], ["2:4", "unstructured"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--max-iterations", type=int, default=100, help="SparseSwaps max_iterations.")
-    parser.add_argument("--ppl-windows", type=int, default=40)
-    parser.add_argument("--eval-seq-len", type=int, default=512)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--write-docs", action="store_true", help="Write the table into docs/benchmarks.md.")
-    parser.add_argument(
-        "--results", type=Path, help="JSON lines file: rows already there (same settings) are reused, new rows added."
-    )
-    parser.add_argument("--table-only", action="store_true", help="Only build the table from --results rows.")
     args = parser.parse_args(argv)
-    if not (args.data_dir / C4_FILE).is_file():
-        print(f"calibration file {args.data_dir / C4_FILE} not found; set HF_CALIBPRUNE_DATA_DIR", file=sys.stderr)
-        return 2
-    started = time.perf_counter()
-    if args.table_only:
-        done = _load_results(args)
-        grid = [("dense", "-", "-")] + [(m, p, v) for p in args.patterns for m in args.methods for v in args.variants]
-        results = [done[key] for key in grid if key in done]
-    else:
-        results = run_all(args)
-    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--table-only", "--write-docs")]
-    command = " ".join(["python bench/reconstruct_benchmark.py", *shown])
-    table = markdown(results, command, args)
-    print(f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
-    print(table)
-    if args.write_docs:
-        print(f"wrote {write_section('reconstruct_benchmark', table, SECTION)}")
-    return 0
+    log = ResultLog(args.results, _settings(args), "variant")
+    return run_grid(args, argv, "reconstruct_benchmark.py", log, args.variants, run_all, markdown, SECTION)
 
 
 if __name__ == "__main__":

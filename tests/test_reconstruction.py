@@ -10,7 +10,7 @@ from hf_calibprune.methods import METHODS, PruneResult, build_method
 from hf_calibprune.models import find_decoder_layout, find_prunable_linears, get_weight
 from hf_calibprune.reconstruction import RECONSTRUCTORS, WeightReconstructor, build_reconstructor
 from hf_calibprune.sparsity import parse_pattern
-from test_refinement import correlated_inputs, gram_statistics, output_error
+from test_refinement import correlated_inputs, first_block_statistics, gram_statistics, output_error, prune_tiny_llama
 
 CALIBRATION = [TEXT] * 4
 CASES = [("unstructured", 0.5), ("unstructured", 0.3), ("2:4", 0.5), ("4:8", 0.5)]
@@ -166,28 +166,10 @@ def test_pruner_reconstructs_every_linear_without_touching_the_mask(schedule, me
 
 
 def test_engine_weights_are_the_reconstructor_applied_by_hand():
-    from hf_calibprune.engine import EngineOptions, LayerwiseEngine
-    from hf_calibprune.engine.hooks import StatisticsCollector
-
-    ids = torch.randint(4, 99, (4, 24), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones_like(ids)
-    dense = tiny_model("llama")
-    block = dense.model.layers[0]
-    linears = find_prunable_linears(block)
-    reference = LayerwiseEngine(dense, EngineOptions(batch_size=4, progress=False))
-    captured = reference.capture(ids, mask)
-    collector = StatisticsCollector(linears, hessian=True)
-    reference._run_block(block, 0, captured, collector, keep_outputs=False)
-    collector.remove()
-    stats = collector.stats["mlp.down_proj"]
-    weight = get_weight(linears["mlp.down_proj"]).detach().float().clone()
+    ids, stats, weight = first_block_statistics("mlp.down_proj")
     pattern = parse_pattern("2:4")
     expected = build_reconstructor("admm").reconstruct(weight, build_method("wanda").prune(weight, stats, 0.5, pattern), stats)
-
-    model = tiny_model("llama")
-    engine = LayerwiseEngine(model, EngineOptions(batch_size=4, progress=False, reconstructor=build_reconstructor("admm")))
-    names = {engine.layout.block_name(i): 0.5 for i in range(len(engine.layout.blocks))}
-    layers, _ = engine.prune(build_method("wanda"), pattern, names, engine.capture(ids, mask))
+    model, layers = prune_tiny_llama(build_method("wanda"), pattern, ids, reconstructor=build_reconstructor("admm"))
     assert torch.equal(model.model.layers[0].mlp.down_proj.weight.detach(), expected.weight)
     assert layers[6].info["reconstruct_iterations"] == expected.info["reconstruct_iterations"]
 
