@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from ._io import read_json, write_json_atomic
 from .errors import ConfigError
 from .methods import METHODS, build_method
+from .reconstruction import RECONSTRUCTORS, build_reconstructor
 from .refinement import REFINERS, build_refiner
 from .registry import suggest
 from .sparsity import parse_pattern
@@ -59,6 +60,11 @@ class PruningConfig:
         activation_device (`str`, *optional*): keep calibration activations on this device between blocks.
         refine (`str`, *optional*): a mask refiner run after the method: ``"dsnot"`` or ``"swaps"``.
         refine_options (`dict`, *optional*): options of the refiner.
+        reconstruct (`str`, *optional*): re-fit the kept weights after the method and refiner, the mask fixed:
+            ``"admm"`` (see ``hf_calibprune.reconstruction.RECONSTRUCTORS``). A Linear keeps the method's weights
+            where the update would not lower its error.
+        reconstruct_options (`dict`, *optional*): options of the reconstructor, e.g. ``{"rho": 0.3,
+            "max_iterations": 100}`` for ADMM.
         execution_device (`str`, *optional*): bring one block at a time to this device (``"cuda"``, ``"cuda:1"``)
             and move it back afterwards, so a model kept on CPU needs accelerator memory for one block plus
             activations. Blocks dispatched by accelerate (``device_map=...``) run where their hooks place them.
@@ -93,6 +99,8 @@ class PruningConfig:
     activation_device: str | None = None
     refine: str | None = None
     refine_options: dict[str, Any] = field(default_factory=dict)
+    reconstruct: str | None = None
+    reconstruct_options: dict[str, Any] = field(default_factory=dict)
     execution_device: str | None = None
     moe_calibration: str = "routed"
     min_expert_tokens: int = 128
@@ -132,6 +140,7 @@ class PruningConfig:
             build_refiner(self.refine, self.refine_options)
         elif self.refine_options:
             raise ConfigError("`refine_options` is set but `refine` is not; pass refine='dsnot' or 'swaps'.")
+        self._check_reconstruct()
         if not isinstance(self.ignore, (list, tuple)) or not all(isinstance(item, str) for item in self.ignore):
             raise ConfigError(f"`ignore={self.ignore!r}` must be a list of Linear name fragments.")
         self.ignore = list(self.ignore)
@@ -170,6 +179,19 @@ class PruningConfig:
             raise ConfigError(
                 f"`{name}={value!r}` is not one of {', '.join(choices)}.{suggest(str(value), list(choices))}"
             )
+
+    def _check_reconstruct(self) -> None:
+        if self.reconstruct is not None and not isinstance(self.reconstruct, str):
+            raise ConfigError(f"`reconstruct={self.reconstruct!r}` must be a reconstructor name such as 'admm', or None.")
+        if not isinstance(self.reconstruct_options, dict):
+            raise ConfigError(
+                f"`reconstruct_options={self.reconstruct_options!r}` must be a dict of option name to value."
+            )
+        if self.reconstruct is not None:
+            RECONSTRUCTORS.check(self.reconstruct)
+            build_reconstructor(self.reconstruct, self.reconstruct_options)
+        elif self.reconstruct_options:
+            raise ConfigError("`reconstruct_options` is set but `reconstruct` is not; pass reconstruct='admm'.")
 
     def _check_owl(self, pattern) -> None:
         if not pattern.is_unstructured:

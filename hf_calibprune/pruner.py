@@ -26,6 +26,7 @@ from .engine.distributed import (
 from .errors import ConfigError, ModelStructureError
 from .methods import build_method
 from .models import check_decoder_only
+from .reconstruction import build_reconstructor
 from .refinement import build_refiner
 from .report import PruningReport
 from .sparsity import LayerSparsity, owl_layer_sparsities, parse_pattern, uniform_layer_sparsities
@@ -98,7 +99,10 @@ class CalibratedPruner:
         config = self.config
         check_decoder_only(model)
         method = build_method(config.method, config.method_options)
-        needs_data = method.needs != "none" or config.allocation == "owl" or config.refine is not None
+        needs_data = (
+            method.needs != "none" or config.allocation == "owl" or config.refine is not None
+            or config.reconstruct is not None
+        )
         if needs_data:
             self._check_seq_len(model)
             self._check_vocabulary(model)
@@ -116,6 +120,9 @@ class CalibratedPruner:
                 min_expert_tokens=config.min_expert_tokens,
                 ignore=tuple(config.ignore),
                 refiner=build_refiner(config.refine, config.refine_options) if config.refine else None,
+                reconstructor=(
+                    build_reconstructor(config.reconstruct, config.reconstruct_options) if config.reconstruct else None
+                ),
                 progress=self.progress and is_main_process(),
             ),
         )

@@ -65,6 +65,7 @@ def _assert_same_checkpoint(actual: Path, expected: Path) -> None:
         ["--method", "sparsegpt"],
         pytest.param(["--method", "wanda", "--schedule", "one-pass", "--allocation", "owl", "--owl-lambda", "0.05"],
                      marks=pytest.mark.slow),
+        pytest.param(["--method", "ria", "--pattern", "2:4", "--reconstruct", "admm"], marks=pytest.mark.slow),
     ],
 )
 def test_two_processes_prune_like_one(model_dir, calibration_file, tmp_path, extra):

@@ -25,6 +25,7 @@ from ..methods import PruningMethod
 from ..methods.wanda import wanda_scores
 from ..models import DecoderLayout, ExpertMatrix, find_decoder_layout, find_fused_experts, find_moe_blocks, find_prunable_linears
 from ..refinement import MaskRefiner
+from ..reconstruction import WeightReconstructor
 from ..records import BlockRecord, LayerRecord
 from ..sparsity import InputStatistics, LayerSparsity, SparsityPattern, outlier_ratio
 from .capture import CapturedInputs, block_hidden_output, capture_block_inputs
@@ -53,6 +54,7 @@ class EngineOptions:
             (``"cpu"`` keeps them off the accelerator); ``None`` leaves them where they were computed.
         ignore (`tuple[str, ...]`, *optional*): Linears whose name contains any of these stay dense.
         refiner (`MaskRefiner`, *optional*): improves each method's mask using the Gram matrix.
+        reconstructor (`WeightReconstructor`, *optional*): re-fits the kept weights after method and refiner.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar over blocks.
         execution_device (`str`, *optional*): move each block to this device (``"cuda"``) for its passes and
             back to where it was afterwards, so the accelerator holds one block at a time. Blocks placed by
@@ -69,6 +71,7 @@ class EngineOptions:
     activation_device: str | None = None
     ignore: tuple[str, ...] = ()
     refiner: MaskRefiner | None = None
+    reconstructor: WeightReconstructor | None = None
     progress: bool = True
     execution_device: str | None = None
     moe_calibration: MoeCalibration = "routed"
@@ -450,6 +453,8 @@ class LayerwiseEngine:
             result = method.prune(weight, stats, sparsity, pattern)
             if self.options.refiner is not None and stats is not None:
                 result = self._refine(weight, result, stats, sparsity, pattern)
+            if self.options.reconstructor is not None and stats is not None:
+                result = self.options.reconstructor.reconstruct(weight, result, stats)
         except NumericalError as error:
             raise NumericalError(f"{full_name}: {error}") from error
         broadcast_(result.weight)  # every process keeps the main process's result, bit for bit
@@ -471,7 +476,7 @@ class LayerwiseEngine:
         return record, delta
 
     def _needs_gram(self, method: PruningMethod) -> bool:
-        return method.needs == "hessian" or self.options.refiner is not None
+        return method.needs == "hessian" or self.options.refiner is not None or self.options.reconstructor is not None
 
     def _refine(self, weight, result, stats, sparsity, pattern):
         before = hessian_error(weight - result.weight, weight, stats.gram)
