@@ -38,9 +38,10 @@ class PruningReport:
 
     Args:
         method (`str`): the pruning method.
-        pattern (`str`): ``"unstructured"`` or ``"N:M"``.
+        pattern (`str`): ``"unstructured"``, ``"N:M"``, ``"channels"`` or ``"blocks"``.
         requested_sparsity (`float`): the configured target.
-        overall_sparsity (`float`): measured fraction of zeros over all pruned Linears.
+        overall_sparsity (`float`): measured fraction of zeros over all pruned Linears; for the structured patterns,
+            the measured fraction of the decoder blocks' parameters removed.
         layers (`list[LayerRecord]`): one record per pruned Linear.
         blocks (`list[BlockRecord]`): one record per decoder block.
         calibration (`dict`, *optional*): the calibration fingerprint (sources, samples, seq_len, seed, token hash);
@@ -51,6 +52,9 @@ class PruningReport:
         versions (`dict[str, str]`): library versions.
         evaluation (`dict`): evaluation results added later (perplexity, accuracy), by task name.
         recovery (`list[dict]`): recovery fine-tuning runs applied afterwards (steps, adapter, loss, sparsity).
+        structure (`dict`): for the structured patterns, parameters before and after (decoder blocks and whole
+            model, counted from the weights) and what was removed per block (key/value groups, query heads, MLP
+            channels, or blocks); empty for mask patterns.
     """
 
     method: str
@@ -66,6 +70,7 @@ class PruningReport:
     versions: dict[str, str] = field(default_factory=library_versions)
     evaluation: dict[str, Any] = field(default_factory=dict)
     recovery: list[dict[str, Any]] = field(default_factory=list)
+    structure: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_records(cls, layers: list[LayerRecord], blocks: list[BlockRecord], **fields: Any) -> PruningReport:
@@ -121,4 +126,22 @@ class PruningReport:
             f"{'total (' + self.method + ', ' + self.pattern + ')':<24} {self.requested_sparsity:7.3f} "
             f"{self.overall_sparsity:9.4f} {'':>10} {self.seconds:8.2f}"
         )
+        if self.structure:
+            lines += _structure_lines(self.structure)
         return "\n".join(lines)
+
+
+def _structure_lines(structure: dict[str, Any]) -> list[str]:
+    """What a structured prune removed: parameter counts, then per block (or the removed blocks)."""
+    lines = [
+        f"decoder parameters: {structure['parameters_before']:,} -> {structure['parameters_after']:,}; "
+        f"model parameters: {structure['model_parameters_before']:,} -> {structure['model_parameters_after']:,}"
+    ]
+    if structure.get("removed_blocks") is not None:
+        lines.append(f"removed blocks: {', '.join(structure['removed_blocks']) or 'none'}")
+    for name, removed in (structure.get("removed") or {}).items():
+        lines.append(
+            f"{name}: removed query heads {removed['heads'] or '-'} (key/value groups {removed['kv_groups'] or '-'}), "
+            f"{len(removed['channels'])} MLP channels"
+        )
+    return lines

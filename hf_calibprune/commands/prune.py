@@ -41,9 +41,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--gguf-file", help="GGUF file name inside --model (loaded dequantized).")
     parser.add_argument("--dtype", default="auto", help="torch dtype to load the model in (auto, float32, bfloat16, float16).")
     parser.add_argument("--config", help="A PruningConfig as .json or .yaml (see configs/).")
-    parser.add_argument("--method", help="magnitude, wanda, sparsegpt, ...")
+    parser.add_argument("--method", help="magnitude, wanda, sparsegpt, ...; flap or block-influence for structured patterns.")
     parser.add_argument("--sparsity", type=float, help="Fraction of weights to prune, in [0, 1).")
-    parser.add_argument("--pattern", help="unstructured or N:M such as 2:4.")
+    parser.add_argument(
+        "--pattern", help="unstructured, N:M such as 2:4, or structured: channels (heads and MLP channels) or blocks."
+    )
     parser.add_argument(
         "--calibration",
         action="append",
