@@ -22,6 +22,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from .structured_card import structure_intro, structure_lines
+
 if TYPE_CHECKING:  # huggingface_hub's card module is slow to import: loaded when a card is built
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -356,7 +358,8 @@ def card_section(
     lines = [START_MARKER, "", "## Pruning (hf_calibprune)", ""]
     source = f"`{base_model}`" if base_model else "the base model"
     lines.append(
-        f"This model is {source} pruned with **{method}** to **{pattern}** sparsity by "
+        structure_intro(report, source, method)
+        or f"This model is {source} pruned with **{method}** to **{pattern}** sparsity by "
         "[hf_calibprune](https://pypi.org/project/hf_calibprune/), layer by layer on calibration data. "
         "Pruned weights are exact zeros; every number below was measured on the pruned weights."
     )
@@ -386,7 +389,8 @@ def card_section(
             "`pip install hf_calibprune` and `import hf_calibprune` before `AutoModelForCausalLM.from_pretrained`; "
             "it decompresses into a plain dense model.",
         ]
-    rows = _block_rows(report)
+    lines += structure_lines(report)
+    rows = _block_rows(report) if not report.get("structure") else []
     if rows:
         lines += ["", "### Sparsity per decoder block", "", "| block | requested | measured | seconds |", "|---|---|---|---|"]
         lines += [f"| {b} | {r} | {m} | {s} |" for b, r, m, s in rows]

@@ -289,6 +289,7 @@ def apply_width(
         raise ModelStructureError(f"every block must lose the same number of structures; got {sorted(counts)}.")
     widths = [block_width(model, block) for block in layout.blocks]
     first = widths[0]
+    channels_left = first.mlp.num_channels - len(removed[0][1])
     for index, width in enumerate(widths):
         groups, channels = removed[index]
         slices = [s for g in groups for s in width.attention.group_slices(g)] + width.mlp.channel_slices(channels)
@@ -300,7 +301,7 @@ def apply_width(
                 {"num_heads": heads_left, "num_attention_heads": heads_left,
                  "num_key_value_heads": width.attention.num_kv_heads - len(groups)},
             )
-        _set_int_attributes(width.mlp.module, {"intermediate_size": width.mlp.num_channels - len(channels)})
+        _set_int_attributes(width.mlp.module, {"intermediate_size": channels_left})
     config = text_config(model)
     groups, channels = removed[0]
     if groups:
@@ -309,7 +310,7 @@ def apply_width(
         config.num_key_value_heads = first.attention.num_kv_heads - len(groups)
         config.head_dim = first.attention.head_dim  # no longer hidden_size // num_attention_heads
     if channels:
-        config.intermediate_size = first.mlp.num_channels - len(channels)
+        config.intermediate_size = channels_left
     for part in added_bias:
         _switch_on_bias(model, layout, part)
 
