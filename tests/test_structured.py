@@ -280,3 +280,23 @@ def test_cli_prunes_channels_with_flap(tiny_checkpoint, calibration_file, tmp_pa
     assert report["structure"]["parameters_after"] < report["structure"]["parameters_before"]
     card = (output / "README.md").read_text()
     assert "decoder parameters" in card
+
+
+def test_lora_recovery_of_a_structured_checkpoint_adapts_every_decoder_linear(tokenizer, tmp_path):
+    from safetensors.torch import load_file
+
+    from hf_calibprune.recovery.checkpoint import recover_checkpoint
+
+    model = prune(model_of("llama"), tokenizer, "flap", "channels", 0.25)
+    save_sparse(model, tmp_path / "pruned", tokenizer=tokenizer)
+    record = recover_checkpoint(
+        tmp_path / "pruned", TEXTS, tmp_path / "recovered", steps=2, lora=True, seq_len=32, batch_size=2,
+        learning_rate=1e-2,
+    )
+    assert record.adapter == "lora"
+    before, after = load_file(tmp_path / "pruned" / "model.safetensors"), load_file(tmp_path / "recovered" / "model.safetensors")
+    assert before.keys() == after.keys()
+    linears = [k for k in before if ".layers." in k and k.endswith("proj.weight")]
+    assert linears and all(before[k].shape == after[k].shape for k in before)
+    assert all(not torch.equal(before[k], after[k]) for k in linears)  # no mask held any of them back
+    assert json.loads((tmp_path / "recovered" / "config.json").read_text())["intermediate_size"] == model.config.intermediate_size
