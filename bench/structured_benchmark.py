@@ -145,7 +145,9 @@ def run(args) -> list[dict]:
     if ("dense", "-", 0.0, False) not in done:
         add({"method": "dense", "pattern": "-", "sparsity": 0.0, **measure(dense, dense, tokenizer, args, workdir, "dense")})
     sparsities = sorted(float(s) for s in args.sparsities.split(","))
-    specs = [(m, "channels", s) for s in sparsities for m in WIDTH] + [("block-influence", "blocks", s) for s in sparsities]
+    width, depth = args.width_methods.split(","), args.depth_methods.split(",")
+    specs = [(m, "channels", s) for s in sparsities for m in width if m]
+    specs += [("block-influence", "blocks", s) for s in sparsities if "block-influence" in depth]
     specs.append(("wanda", "unstructured", 0.5))
     for method, pattern, sparsity in specs:
         if (method, pattern, sparsity, False) in done:
@@ -155,7 +157,7 @@ def run(args) -> list[dict]:
         add({"method": method, "pattern": pattern, "sparsity": sparsity, "prune_s": seconds,
              "removed_fraction": model.pruning_report.overall_sparsity, **row})
         del model
-    if not all(("block-perplexity", "blocks", s, False) in done for s in sparsities):
+    if "block-perplexity" in depth and not all(("block-perplexity", "blocks", s, False) in done for s in sparsities):
         largest, seconds = prune("block-perplexity", "blocks", sparsities[-1], args, {"eval_samples": args.greedy_eval_samples})
         order = greedy_order(largest.pruning_report.structure)
         del largest
@@ -255,6 +257,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sparsities", default="0.2,0.35", help="Fractions of decoder parameters removed.")
+    parser.add_argument("--width-methods", default=",".join(WIDTH), help="Comma-separated; empty for none.")
+    parser.add_argument("--depth-methods", default=",".join(DEPTH), help="Comma-separated; empty for none.")
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--eval-seq-len", type=int, default=512)
