@@ -300,3 +300,17 @@ def test_lora_recovery_of_a_structured_checkpoint_adapts_every_decoder_linear(to
     assert linears and all(before[k].shape == after[k].shape for k in before)
     assert all(not torch.equal(before[k], after[k]) for k in linears)  # no mask held any of them back
     assert json.loads((tmp_path / "recovered" / "config.json").read_text())["intermediate_size"] == model.config.intermediate_size
+
+
+def test_removing_inner_blocks_renumbers_cache_slots_so_cached_generation_matches_uncached():
+    from hf_calibprune.models.surgery import remove_blocks
+
+    types = ["sliding_attention", "full_attention", "full_attention", "sliding_attention", "full_attention"]
+    model = model_of("gemma2", num_hidden_layers=5, layer_types=types)
+    remove_blocks(model, find_decoder_layout(model), [0, 2])
+    assert model.config.num_hidden_layers == 3 and model.config.layer_types == [types[i] for i in (1, 3, 4)]
+    assert [block.self_attn.layer_idx for block in model.model.layers] == [0, 1, 2]
+    prompt = IDS[:, :12]
+    cached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True)
+    uncached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
