@@ -233,7 +233,7 @@ def markdown(rows: list[dict], command: str) -> str:
     return command_table(command, header, table, text_columns=1)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, prefill_len: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,7 +246,7 @@ def plot(rows: list[dict], path: Path) -> None:
         axis.scatter(x, r["perplexity"], marker=marker, s=60 if r["pattern"] != "-" else 160)
         axis.annotate(f"{label(r)} {100 * r.get('removed_fraction', 0):.0f}%" if r["pattern"] in ("channels", "blocks")
                       else label(r), (x, r["perplexity"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
-    axis.set_xlabel("measured prefill speed-up vs dense (1 × 512 tokens, CPU, median)")
+    axis.set_xlabel(f"measured prefill speed-up vs dense (1 × {prefill_len} tokens, CPU, median)")
     axis.set_ylabel("WikiText-2 perplexity (log scale)")
     axis.set_yscale("log")
     axis.set_title("SmolLM2-135M-Instruct: structured pruning, perplexity against measured speed")
@@ -279,13 +279,20 @@ def main() -> None:
     if not (Path(args.data_dir) / C4_FILE).is_file():
         sys.exit(f"calibration data not found under {args.data_dir}; pass --data-dir (see ../shared/data/SOURCES.md)")
     rows = json.loads(Path(args.results).read_text()) if args.from_results else run(args)
-    command = "PYTHONPATH=$PWD python bench/structured_benchmark.py " + " ".join(
-        a for a in sys.argv[1:] if not a.startswith("--results") and a not in ("--resume", "--from-results")
-    )
+    shown, skip = [], False
+    for argument in sys.argv[1:]:  # the run's settings, without where its rows were kept
+        if skip or argument in ("--resume", "--from-results", "--write-docs") or argument.startswith("--results="):
+            skip = False
+            continue
+        if argument == "--results":
+            skip = True
+            continue
+        shown.append(argument)
+    command = "PYTHONPATH=$PWD python bench/structured_benchmark.py " + " ".join(shown)
     text = markdown(rows, command.strip())
     print(text)
     if args.write_docs:
-        plot(rows, REPO / "docs" / "structured_benchmark.png")
+        plot(rows, REPO / "docs" / "structured_benchmark.png", args.prefill_len)
         write_section("structured-benchmark", text, heading="## Structured pruning: size, perplexity, measured speed")
 
 
