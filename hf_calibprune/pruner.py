@@ -30,6 +30,7 @@ from .reconstruction import build_reconstructor
 from .refinement import build_refiner
 from .report import PruningReport
 from .sparsity import LayerSparsity, owl_layer_sparsities, parse_pattern, uniform_layer_sparsities
+from .structured import STRUCTURED_PATTERNS
 
 __all__ = ["CalibratedPruner"]
 
@@ -94,8 +95,13 @@ class CalibratedPruner:
     def prune(self, model: nn.Module) -> nn.Module:
         """Prune ``model`` in place and attach ``model.pruning_report`` and ``model.pruning_config``.
 
-        Returns the same model object.
+        Returns the same model object. Structured patterns (``"channels"``, ``"blocks"``) return it with heads,
+        channels or blocks removed and its config rewritten.
         """
+        if self.config.pattern in STRUCTURED_PATTERNS:
+            from .structured_pruner import prune_structured
+
+            return prune_structured(self, model)
         config = self.config
         check_decoder_only(model)
         method = build_method(config.method, config.method_options)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .publication import HUB_ID_RE, Publication, is_hub_id, prepare_publication
+from .structured_card import structure_intro, structure_lines
 
 if TYPE_CHECKING:  # huggingface_hub's card module is slow to import: loaded when a card is built
     from huggingface_hub import ModelCard, ModelCardData
@@ -430,7 +431,9 @@ def _template_context(publication: Publication, checkpoint: Mapping[str, Any] | 
         "pattern": report.get("pattern") or config.get("pattern") or "unknown",
         "execution": _execution_line(report.get("execution")),
         "checkpoint": dict(checkpoint) if checkpoint else None,
-        "block_rows": _block_rows(report),
+        "block_rows": _block_rows(report) if not report.get("structure") else [],
+        "structure_intro": structure_intro(report, publication.model_label, method),
+        "structure_section": "\n".join(structure_lines(report)),
         "dense_rows": _dense_rows(report.get("dense_weights") or []),
         "expert_rows": _expert_rows(report.get("experts") or {}),
         "calibration": calibration,

@@ -14,7 +14,7 @@ import torch
 from .._io import read_json
 from ..errors import CheckpointError, SparsityMaskError
 from ..integrations.transformers_plugin import checkpoint_keys
-from .masks import extract_masks, masked_parameter_names
+from .masks import extract_masks, full_masks, is_structurally_pruned, masked_parameter_names
 from .train import RecoveryRecord, recover
 
 __all__ = ["recover_checkpoint", "check_zeros_kept", "CARRIED_FILES"]
@@ -145,7 +145,7 @@ def recover_checkpoint(
 
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
-    masks = extract_masks(model, report=report)
+    masks = full_masks(model) if is_structurally_pruned(report) else extract_masks(model, report=report)
     if not masks:
         logger.warning("'%s' has no pruned weights (no exact zeros in its decoder Linears).", source)
     model = recover(model, tokenizer, data, steps, masks=masks, **recover_kwargs)

@@ -27,6 +27,8 @@ __all__ = [
     "SparsityKeeper",
     "MaskViolation",
     "extract_masks",
+    "full_masks",
+    "is_structurally_pruned",
     "apply_masks",
     "check_masks",
     "masks_sparsity",
@@ -191,6 +193,23 @@ def extract_masks(
         masks[name] = mask
     logger.debug("Extracted %d sparsity masks", len(masks))
     return masks
+
+
+def full_masks(model: nn.Module) -> dict[str, torch.BoolTensor]:
+    """All-``True`` masks for every Linear of the decoder blocks.
+
+    A structurally pruned model (heads, channels or blocks removed) has no zeros to keep; these masks let an
+    adapter target every decoder Linear and merge in full.
+    """
+    blocks = _decoder_block_prefixes(model)
+    names = [name for name in _named_prunable(model) if any(name.startswith(block + ".") for block in blocks)]
+    return extract_masks(model, modules=names)
+
+
+def is_structurally_pruned(report: Any) -> bool:
+    """Whether a pruning report (object or dict) comes from a structured pattern (``"channels"``, ``"blocks"``)."""
+    structure = report.get("structure") if isinstance(report, Mapping) else getattr(report, "structure", None)
+    return bool(structure)
 
 
 def masks_sparsity(masks: Mapping[str, torch.Tensor]) -> float:
