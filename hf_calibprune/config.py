@@ -13,9 +13,11 @@ from typing import Any, ClassVar
 from ._io import read_json, write_json_atomic
 from .errors import ConfigError
 from .methods import METHODS, build_method
+from .reconstruction import RECONSTRUCTORS, build_reconstructor
 from .refinement import REFINERS, build_refiner
 from .registry import suggest
-from .sparsity import parse_pattern
+from .sparsity import SparsityPattern, parse_pattern
+from .structured import STRUCTURED_PATTERNS
 from .version import __version__
 
 __all__ = ["PruningConfig", "CONFIG_NAME"]
@@ -35,11 +37,15 @@ class PruningConfig:
 
     Args:
         method (`str`, *optional*, defaults to `"wanda"`): a registered method: ``"magnitude"``, ``"wanda"``,
-            ``"sparsegpt"`` (see ``hf_calibprune.methods.METHODS``).
-        sparsity (`float`, *optional*): fraction of each pruned Linear's weights set to zero, in [0, 1).
+            ``"sparsegpt"``, ``"ria"``; for structured patterns ``"flap"`` (channels) and ``"block-influence"``,
+            ``"block-perplexity"`` (blocks) (see ``hf_calibprune.methods.METHODS``).
+        sparsity (`float`, *optional*): fraction of each pruned Linear's weights set to zero, in [0, 1); for the
+            structured patterns, the fraction of the decoder blocks' parameters removed.
             Defaults to what an N:M ``pattern`` implies, else 0.5.
         pattern (`str`, *optional*, defaults to `"unstructured"`): ``"unstructured"`` or ``"N:M"`` (N weights kept
-            in every M consecutive inputs, e.g. ``"2:4"``).
+            in every M consecutive inputs, e.g. ``"2:4"``); or structured: ``"channels"`` (remove attention
+            key/value groups with their query heads and MLP channels, the same count in every block) or
+            ``"blocks"`` (remove whole decoder blocks). Structured pruning returns a smaller dense model.
         calibration (`str | list[str] | CalibrationConfig | datasets.Dataset`, *optional*, defaults to `"self"`):
             a catalogue source name (``"c4"``, ``"gsm8k:icl"``, ``"self"``), a local ``.jsonl``/``.json``/``.txt``
             file, a list of texts, a ``datasets.Dataset`` with a ``text`` column, or a ``CalibrationConfig``.
@@ -59,6 +65,11 @@ class PruningConfig:
         activation_device (`str`, *optional*): keep calibration activations on this device between blocks.
         refine (`str`, *optional*): a mask refiner run after the method: ``"dsnot"`` or ``"swaps"``.
         refine_options (`dict`, *optional*): options of the refiner.
+        reconstruct (`str`, *optional*): re-fit the kept weights after the method and refiner, the mask fixed:
+            ``"admm"`` (see ``hf_calibprune.reconstruction.RECONSTRUCTORS``). A Linear keeps the method's weights
+            where the update would not lower its error.
+        reconstruct_options (`dict`, *optional*): options of the reconstructor, e.g. ``{"rho": 0.3,
+            "max_iterations": 100}`` for ADMM.
         execution_device (`str`, *optional*): bring one block at a time to this device (``"cuda"``, ``"cuda:1"``)
             and move it back afterwards, so a model kept on CPU needs accelerator memory for one block plus
             activations. Blocks dispatched by accelerate (``device_map=...``) run where their hooks place them.
@@ -93,6 +104,8 @@ class PruningConfig:
     activation_device: str | None = None
     refine: str | None = None
     refine_options: dict[str, Any] = field(default_factory=dict)
+    reconstruct: str | None = None
+    reconstruct_options: dict[str, Any] = field(default_factory=dict)
     execution_device: str | None = None
     moe_calibration: str = "routed"
     min_expert_tokens: int = 128
@@ -102,9 +115,11 @@ class PruningConfig:
         if not isinstance(self.method, str):
             raise ConfigError(f"`method={self.method!r}` must be a string such as 'wanda'.")
         METHODS.check(self.method)
-        pattern = parse_pattern(self.pattern)
-        self.pattern = str(pattern)
+        structured = isinstance(self.pattern, str) and self.pattern.strip().lower() in STRUCTURED_PATTERNS
+        pattern = SparsityPattern() if structured else parse_pattern(self.pattern)
+        self.pattern = self.pattern.strip().lower() if structured else str(pattern)
         self.sparsity = self._resolve_sparsity(pattern)
+        self._check_method_pattern(pattern)
         for name in ("num_samples", "seq_len", "batch_size", "min_expert_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -120,6 +135,8 @@ class PruningConfig:
                 raise ConfigError(f"`{name}={value!r}` must be a finite number, such as {example}.")
         if self.allocation == "owl":
             self._check_owl(pattern)
+        if structured:
+            self._check_structured()
         if not isinstance(self.method_options, dict):
             raise ConfigError(f"`method_options={self.method_options!r}` must be a dict of option name to value.")
         build_method(self.method, self.method_options)
@@ -132,6 +149,7 @@ class PruningConfig:
             build_refiner(self.refine, self.refine_options)
         elif self.refine_options:
             raise ConfigError("`refine_options` is set but `refine` is not; pass refine='dsnot' or 'swaps'.")
+        self._check_reconstruct()
         if not isinstance(self.ignore, (list, tuple)) or not all(isinstance(item, str) for item in self.ignore):
             raise ConfigError(f"`ignore={self.ignore!r}` must be a list of Linear name fragments.")
         self.ignore = list(self.ignore)
@@ -164,6 +182,32 @@ class PruningConfig:
             )
         return sparsity
 
+    def _check_method_pattern(self, pattern) -> None:
+        kind = self.pattern if self.pattern in STRUCTURED_PATTERNS else "unstructured" if pattern.is_unstructured else "N:M"
+        supported = METHODS.get(self.method).patterns
+        if kind not in supported:
+            fits = [name for name in METHODS.names() if kind in METHODS.get(name).patterns]
+            raise ConfigError(
+                f"`method='{self.method}'` does not prune `pattern='{self.pattern}'`; it takes pattern "
+                f"{' or '.join(repr(p) for p in supported)}. For pattern='{self.pattern}' use method "
+                f"{' or '.join(repr(m) for m in fits)}."
+            )
+
+    def _check_structured(self) -> None:
+        """Options that shape per-weight masks have no meaning when whole structures go."""
+        if self.refine is not None:
+            raise ConfigError(
+                f"`refine='{self.refine}'` swaps weights inside a mask, but `pattern='{self.pattern}'` removes whole "
+                "structures; drop `refine` or use pattern='unstructured' or 'N:M'."
+            )
+        if self.schedule != "sequential":
+            raise ConfigError(f"`schedule='{self.schedule}'` applies to mask patterns; pattern='{self.pattern}' runs sequentially, drop it.")
+        if self.ignore:
+            raise ConfigError(
+                f"`ignore={self.ignore}` cannot keep single Linears whole under pattern='{self.pattern}' (a structure "
+                "spans several Linears); drop `ignore`."
+            )
+
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)
         if value not in choices:
@@ -171,7 +215,25 @@ class PruningConfig:
                 f"`{name}={value!r}` is not one of {', '.join(choices)}.{suggest(str(value), list(choices))}"
             )
 
+    def _check_reconstruct(self) -> None:
+        if self.reconstruct is not None and not isinstance(self.reconstruct, str):
+            raise ConfigError(f"`reconstruct={self.reconstruct!r}` must be a reconstructor name such as 'admm', or None.")
+        if not isinstance(self.reconstruct_options, dict):
+            raise ConfigError(
+                f"`reconstruct_options={self.reconstruct_options!r}` must be a dict of option name to value."
+            )
+        if self.reconstruct is not None:
+            RECONSTRUCTORS.check(self.reconstruct)
+            build_reconstructor(self.reconstruct, self.reconstruct_options)
+        elif self.reconstruct_options:
+            raise ConfigError("`reconstruct_options` is set but `reconstruct` is not; pass reconstruct='admm'.")
+
     def _check_owl(self, pattern) -> None:
+        if self.pattern in STRUCTURED_PATTERNS:
+            raise ConfigError(
+                f"`allocation='owl'` varies sparsity per block, but `pattern='{self.pattern}'` removes the same count "
+                "from every block so that the pruned model has one ordinary config; use allocation='uniform'."
+            )
         if not pattern.is_unstructured:
             raise ConfigError(
                 f"`allocation='owl'` varies sparsity per block, which `pattern='{pattern}'` fixes; "

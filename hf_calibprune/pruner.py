@@ -7,19 +7,30 @@ import os
 import time
 from typing import Any
 
+import torch
 from torch import nn
 
 from .config import PruningConfig
 from .engine import EngineOptions, LayerwiseEngine
 from .engine.accounting import DenseWeight, count_block_weights, dense_weights
 from .engine.checkpointing import OUT_OF_MEMORY_ERRORS, BlockCheckpoint, model_fingerprint, out_of_memory_error
-from .engine.distributed import init_distributed, is_main_process, process_index, shard_slice, world_size
+from .engine.distributed import (
+    execution_record,
+    init_distributed,
+    is_main_process,
+    process_index,
+    resolve_device,
+    shard_slice,
+    world_size,
+)
 from .errors import ConfigError, ModelStructureError
 from .methods import build_method
 from .models import check_decoder_only
+from .reconstruction import build_reconstructor
 from .refinement import build_refiner
 from .report import PruningReport
 from .sparsity import LayerSparsity, owl_layer_sparsities, parse_pattern, uniform_layer_sparsities
+from .structured import STRUCTURED_PATTERNS
 
 __all__ = ["CalibratedPruner"]
 
@@ -84,12 +95,20 @@ class CalibratedPruner:
     def prune(self, model: nn.Module) -> nn.Module:
         """Prune ``model`` in place and attach ``model.pruning_report`` and ``model.pruning_config``.
 
-        Returns the same model object.
+        Returns the same model object. Structured patterns (``"channels"``, ``"blocks"``) return it with heads,
+        channels or blocks removed and its config rewritten.
         """
+        if self.config.pattern in STRUCTURED_PATTERNS:
+            from .structured_pruner import prune_structured
+
+            return prune_structured(self, model)
         config = self.config
         check_decoder_only(model)
         method = build_method(config.method, config.method_options)
-        needs_data = method.needs != "none" or config.allocation == "owl" or config.refine is not None
+        needs_data = (
+            method.needs != "none" or config.allocation == "owl" or config.refine is not None
+            or config.reconstruct is not None
+        )
         if needs_data:
             self._check_seq_len(model)
             self._check_vocabulary(model)
@@ -107,6 +126,9 @@ class CalibratedPruner:
                 min_expert_tokens=config.min_expert_tokens,
                 ignore=tuple(config.ignore),
                 refiner=build_refiner(config.refine, config.refine_options) if config.refine else None,
+                reconstructor=(
+                    build_reconstructor(config.reconstruct, config.reconstruct_options) if config.reconstruct else None
+                ),
                 progress=self.progress and is_main_process(),
             ),
         )
@@ -133,6 +155,8 @@ class CalibratedPruner:
             if checkpoint is not None:
                 checkpoint.layer_sparsity = layer_sparsity
             layers, blocks = engine.prune(method, pattern, layer_sparsity, captured, checkpoint=checkpoint)
+            share = shard_slice(samples.num_samples) if samples is not None else slice(0, 0)
+            execution = execution_record((share.start, share.stop), _block_devices(engine.layout.blocks, config))
         except OUT_OF_MEMORY_ERRORS as error:
             raise out_of_memory_error(
                 error,
@@ -159,6 +183,7 @@ class CalibratedPruner:
             layer_sparsity=layer_sparsity,
             seconds=time.perf_counter() - started,
             config=config.to_dict(),
+            execution=execution,
         )
         model.pruning_config = config
         model.pruning_report = report
@@ -238,6 +263,23 @@ def _check_token_ids(input_ids, model: nn.Module) -> None:
             f"the calibration tokens hold id {largest}, outside the model's vocabulary of {size}: the tokenizer does "
             "not match the model. Pass the tokenizer saved with the model (AutoTokenizer.from_pretrained(<model>))."
         )
+
+
+def _block_devices(blocks: list[nn.Module], config: PruningConfig) -> list[str]:
+    """The devices the blocks ran on: an accelerate hook's execution device, else ``execution_device``, else where
+    the block's weights are (the engine's placement rules)."""
+    requested = resolve_device(config.execution_device)
+    found: list[str] = []
+    for block in blocks:
+        hook = getattr(block, "_hf_hook", None)
+        device = getattr(hook, "execution_device", None) if hook is not None else requested
+        if device is None:
+            parameter = next(block.parameters(), None)
+            device = parameter.device if parameter is not None and parameter.device.type != "meta" else None
+        name = str(torch.device(device)) if device is not None else None
+        if name is not None and name not in found:
+            found.append(name)
+    return found
 
 
 def _check_unsupported(dense: list[DenseWeight], strict: bool) -> None:

@@ -38,10 +38,11 @@ class PruningReport:
 
     Args:
         method (`str`): the pruning method.
-        pattern (`str`): ``"unstructured"`` or ``"N:M"``.
+        pattern (`str`): ``"unstructured"``, ``"N:M"``, ``"channels"`` or ``"blocks"``.
         requested_sparsity (`float`): the configured target.
         overall_sparsity (`float`): measured fraction of zeros over every rank ≥ 2 weight inside the decoder
-            blocks, pruned or not (routers, ignored Linears and weights the engine cannot prune count as they are).
+            blocks, pruned or not (routers, ignored Linears and weights the engine cannot prune count as they are);
+            for the structured patterns, the measured fraction of the decoder blocks' parameters removed.
         layers (`list[LayerRecord]`): one record per pruned matrix (a Linear, or one expert's gate, up or down).
         blocks (`list[BlockRecord]`): one record per decoder block.
         calibration (`dict`, *optional*): the calibration fingerprint (sources, samples, seq_len, seed, token hash);
@@ -57,6 +58,12 @@ class PruningReport:
             ``reason`` (``"ignored"``, ``"router"``, ``"bias"`` or ``"unsupported"``).
         experts (`dict[str, dict]`): per fused experts module, ``tokens`` routed to each expert over the calibration
             data and the ``statistics`` each expert was pruned with (``"routed"`` or ``"all"``).
+        execution (`dict`): how the prune ran: ``world_size`` (the number of processes), ``backend`` (``"gloo"``,
+            ``"nccl"``; ``None`` for one process) and ``processes``, one ``{"rank", "samples", "devices"}`` per
+            process: its share ``[start, stop)`` of the calibration samples and the devices its blocks ran on.
+        structure (`dict`): for the structured patterns, parameters before and after (decoder blocks and whole
+            model, counted from the weights) and what was removed per block (key/value groups, query heads, MLP
+            channels, or blocks); empty for mask patterns.
     """
 
     method: str
@@ -75,6 +82,8 @@ class PruningReport:
     pruned_sparsity: float = 0.0
     dense_weights: list[dict[str, Any]] = field(default_factory=list)
     experts: dict[str, dict[str, list]] = field(default_factory=dict)
+    execution: dict[str, Any] = field(default_factory=dict)
+    structure: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_records(
@@ -169,6 +178,8 @@ class PruningReport:
                 f"{name}: {len(tokens)} experts, routed tokens min {min(tokens)} / max {max(tokens)}"
                 + (f", {fallback} on all-token statistics" if fallback else "")
             )
+        if self.structure:
+            lines += _structure_lines(self.structure)
         return "\n".join(lines)
 
 
@@ -178,8 +189,7 @@ def _expert_summary(layers: list[LayerRecord]) -> dict[str, dict[str, list]]:
     for record in layers:
         if "tokens" not in record.info:
             continue
-        module = record.name.split("[", 1)[0].rsplit(".", 1)[0]
-        summary.setdefault(module, {})[record.info["expert"]] = (record.info["tokens"], record.info["statistics"])
+        summary.setdefault(record.info["experts"], {})[record.info["expert"]] = (record.info["tokens"], record.info["statistics"])
     return {
         module: {
             "tokens": [experts[i][0] for i in sorted(experts)],
@@ -187,3 +197,19 @@ def _expert_summary(layers: list[LayerRecord]) -> dict[str, dict[str, list]]:
         }
         for module, experts in summary.items()
     }
+
+
+def _structure_lines(structure: dict[str, Any]) -> list[str]:
+    """What a structured prune removed: parameter counts, then per block (or the removed blocks)."""
+    lines = [
+        f"decoder parameters: {structure['parameters_before']:,} -> {structure['parameters_after']:,}; "
+        f"model parameters: {structure['model_parameters_before']:,} -> {structure['model_parameters_after']:,}"
+    ]
+    if structure.get("removed_blocks") is not None:
+        lines.append(f"removed blocks: {', '.join(structure['removed_blocks']) or 'none'}")
+    for name, removed in (structure.get("removed") or {}).items():
+        lines.append(
+            f"{name}: removed query heads {removed['heads'] or '-'} (key/value groups {removed['kv_groups'] or '-'}), "
+            f"{len(removed['channels'])} MLP channels"
+        )
+    return lines

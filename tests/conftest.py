@@ -76,3 +76,24 @@ def tiny_checkpoint(tmp_path: Path, tokenizer) -> Path:
     tiny_model("llama").save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+#: Tiny Mixture-of-Experts configs: 4 experts, top-2 routing, every block MoE unless the architecture keeps
+#: dense first blocks (DeepSeek-V3 keeps block 0 dense here, so both kinds of block are exercised).
+MOE_OVERRIDES = {
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=24),
+    "qwen2_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24,
+                      shared_expert_intermediate_size=40),
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24),
+    "olmoe": dict(num_experts=4, num_experts_per_tok=2, intermediate_size=24),
+    "deepseek_v3": dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, n_shared_experts=1,
+                        first_k_dense_replace=1, n_group=1, topk_group=1, q_lora_rank=16, kv_lora_rank=16,
+                        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, num_key_value_heads=4,
+                        num_hidden_layers=3),
+    "gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=24, sliding_window=8),
+}
+
+
+def tiny_moe(model_type: str = "mixtral", seed: int = 0, **overrides):
+    """A tiny random Mixture-of-Experts model of ``model_type`` (a key of :data:`MOE_OVERRIDES`)."""
+    return tiny_model(model_type, seed=seed, **{**MOE_OVERRIDES[model_type], **overrides})

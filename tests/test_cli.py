@@ -64,3 +64,27 @@ def test_config_file_with_flag_overrides(tiny_checkpoint, calibration_file, tmp_
 
     saved = json.loads((output / "pruning_config.json").read_text())
     assert saved["method"] == "sparsegpt" and saved["sparsity"] == 0.25 and saved["num_samples"] == 2
+
+
+def test_every_config_field_has_a_flag_and_a_current_docs_row():
+    import dataclasses
+    from pathlib import Path
+
+    from hf_calibprune import PruningConfig
+    from hf_calibprune.cli import build_parser
+    from hf_calibprune.commands.config_flags import config_docs
+    from hf_calibprune.commands.prune import config_from_args
+
+    args = build_parser().parse_args(
+        ["prune", "--model", "m", "--moe-calibration", "all", "--min-expert-tokens", "7", "--strict",
+         "--no-measure-error", "--calibration", "c4", "--calibration", "gsm8k", "--method-option", "block_size=64",
+         "--method", "sparsegpt", "--owl-threshold", "4"]
+    )
+    config = config_from_args(args)
+    assert (config.moe_calibration, config.min_expert_tokens, config.strict, config.measure_error) == ("all", 7, True, False)
+    assert config.calibration == ["c4", "gsm8k"] and config.method_options == {"block_size": 64}
+    assert config.owl_threshold == 4.0
+    docs = (Path(__file__).parents[1] / "docs" / "config.md").read_text(encoding="utf-8")
+    assert docs == config_docs(), "docs/config.md is stale: run `make docs`"
+    for field in dataclasses.fields(PruningConfig):
+        assert f"| `{field.name}` |" in docs

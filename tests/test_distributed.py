@@ -65,6 +65,7 @@ def _assert_same_checkpoint(actual: Path, expected: Path) -> None:
         ["--method", "sparsegpt"],
         pytest.param(["--method", "wanda", "--schedule", "one-pass", "--allocation", "owl", "--owl-lambda", "0.05"],
                      marks=pytest.mark.slow),
+        pytest.param(["--method", "ria", "--pattern", "2:4", "--reconstruct", "admm"], marks=pytest.mark.slow),
     ],
 )
 def test_two_processes_prune_like_one(model_dir, calibration_file, tmp_path, extra):
@@ -75,7 +76,25 @@ def test_two_processes_prune_like_one(model_dir, calibration_file, tmp_path, ext
     # Rank 0 alone writes: a second writer would fail on the non-empty target or print twice.
     assert result.stdout.count("Saved dense checkpoint") == 1
     assert "Process 1 calibrates on samples 4-6 of 7" in result.stderr
+    # The log reads the process group once it is up (accelerate's state says "0 of 1" on CPUs).
+    assert "Process 0 of 2 (gloo backend)" in result.stderr and "Process 1 of 2 (gloo backend)" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["sharded", "single"]
+    _assert_execution(single, 1, [[0, 7]])
+    _assert_execution(sharded, 2, [[0, 4], [4, 7]])
+
+
+def _assert_execution(checkpoint: Path, world_size: int, shares: list[list[int]]) -> None:
+    """The report says how many processes ran, on which backend and devices, with which samples; the card too."""
+    text = (checkpoint / "pruning_report.json").read_text()
+    assert f'"world_size": {world_size}' in text
+    execution = json.loads(text)["execution"]
+    assert execution["backend"] == ("gloo" if world_size > 1 else None)
+    assert [p["rank"] for p in execution["processes"]] == list(range(world_size))
+    assert [p["samples"] for p in execution["processes"]] == shares
+    assert all(p["devices"] == ["cpu"] for p in execution["processes"])
+    rows = [line for line in (checkpoint / "README.md").read_text().splitlines() if line.startswith("| processes |")]
+    assert len(rows) == 1 and rows[0].startswith(f"| processes | {world_size}")
+    assert all(f"rank {rank}: samples {start}–{stop - 1} on cpu" in rows[0] for rank, (start, stop) in enumerate(shares))
 
 
 @pytest.mark.slow
@@ -84,9 +103,10 @@ def test_accelerate_launch_gives_the_single_process_checkpoint(model_dir, calibr
     assert cli_main(_prune_args(model_dir, calibration_file, single, "--method", "sparsegpt")) == 0
     accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
     # --cpu: accelerate 1.x starts one process unless given an MPI hostfile; --multi_gpu starts two through
-    # torchrun, which use gloo on a machine without GPUs.
-    for name, flags in (("cpu", ["--cpu"]), ("multi", ["--multi_gpu"])):
+    # torchrun, which use gloo on a machine without GPUs. The reports say which.
+    for name, flags, shares in (("cpu", ["--cpu"], [[0, 7]]), ("multi", ["--multi_gpu"], [[0, 4], [4, 7]])):
         launcher = [*accelerate, "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                     "--dynamo_backend", "no", *flags]
         _launch(launcher, _prune_args(model_dir, calibration_file, tmp_path / name, "--method", "sparsegpt"))
         _assert_same_checkpoint(tmp_path / name, single)
+        _assert_execution(tmp_path / name, len(shares), shares)

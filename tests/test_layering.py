@@ -9,8 +9,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hf_calibprune"
 
 LAYER = {
     "errors": 0, "registry": 0, "version": 0, "records": 0, "_io": 0,
-    "sparsity": 1, "methods": 2, "refinement": 2, "models": 3, "engine": 4, "calibration": 4,
-    "config": 5, "report": 5, "pruner": 6,
+    "sparsity": 1, "methods": 2, "refinement": 2, "reconstruction": 2, "models": 3, "engine": 4, "calibration": 4,
+    "config": 5, "report": 5, "pruner": 6, "structured_pruner": 6, "structured": 2,
     "hub": 7, "evaluation": 7, "recovery": 7, "integrations": 7, "study": 7,
     "cli": 8, "commands": 8, "__main__": 8,
 }

@@ -4,13 +4,16 @@ import pytest
 import torch
 
 from hf_calibprune.errors import ConfigError, NumericalError
-from hf_calibprune.methods import METHODS, build_method
+from hf_calibprune.methods import MASK_PATTERNS, METHODS, build_method
 from hf_calibprune.methods.sparsegpt import inverse_hessian_cholesky
 from hf_calibprune.methods.wanda import wanda_scores
 from hf_calibprune.sparsity import InputStatistics, parse_pattern
 from reference_pruning import fasterprune_reference
 
 PATTERNS = [("unstructured", 0.5), ("unstructured", 0.3), ("2:4", 0.5), ("4:8", 0.5), ("1:4", 0.75)]
+# Methods declare the patterns they prune; the mask contract covers those that take mask patterns.
+MASK_METHODS = [name for name in METHODS.names() if set(MASK_PATTERNS) <= set(METHODS.get(name).patterns)]
+STRUCTURED_ONLY = [name for name in METHODS.names() if not set(MASK_PATTERNS) & set(METHODS.get(name).patterns)]
 
 
 def correlated_inputs(tokens=256, features=32, seed=0):
@@ -30,7 +33,7 @@ def relative_error(weight, pruned, x):
     return float(((x @ (weight - pruned).t()) ** 2).sum() / ((x @ weight.t()) ** 2).sum())
 
 
-@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize("method", MASK_METHODS)
 @pytest.mark.parametrize("pattern, sparsity", PATTERNS)
 def test_contract_exact_sparsity(method, pattern, sparsity):
     x = correlated_inputs()
@@ -48,12 +51,25 @@ def test_contract_exact_sparsity(method, pattern, sparsity):
     assert result.weight.dtype == torch.float32
 
 
-@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize("method", MASK_METHODS)
 def test_zero_sparsity_is_identity(method):
     x = correlated_inputs()
     weight = torch.randn(16, 32)
     result = build_method(method).prune(weight, statistics(x, method), 0.0, parse_pattern("unstructured"))
     assert torch.equal(result.weight, weight)
+
+
+def test_every_method_is_a_mask_method_or_declares_its_structures():
+    for name in METHODS.names():
+        patterns = set(METHODS.get(name).patterns)
+        assert patterns and patterns <= {*MASK_PATTERNS, "channels", "blocks"}, name
+        assert name in MASK_METHODS or name in STRUCTURED_ONLY, name
+
+
+@pytest.mark.parametrize("method", STRUCTURED_ONLY)
+def test_structured_methods_refuse_masks(method):
+    with pytest.raises(ConfigError, match="removes whole structures"):
+        build_method(method).prune(torch.randn(4, 8), None, 0.5, parse_pattern("unstructured"))
 
 
 def test_wanda_uses_norm_not_squared_norm():

@@ -68,10 +68,15 @@ def _logits(model, ids) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("method", "schedule"), [("sparsegpt", "sequential"), pytest.param("sparsegpt", "one-pass", marks=pytest.mark.slow)]
+    ("method", "schedule", "extra"),
+    [
+        ("sparsegpt", "sequential", {}),
+        pytest.param("sparsegpt", "one-pass", {}, marks=pytest.mark.slow),
+        ("wanda", "sequential", {"pattern": "2:4", "reconstruct": "admm"}),
+    ],
 )
-def test_disk_and_cpu_offloaded_blocks_prune_like_in_memory(checkpoint, calibration_file, tmp_path, method, schedule):
-    config = _config(calibration_file, method, schedule=schedule)
+def test_disk_and_cpu_offloaded_blocks_prune_like_in_memory(checkpoint, calibration_file, tmp_path, method, schedule, extra):
+    config = _config(calibration_file, method, schedule=schedule, **extra)
     expected = _pruned_in_memory(checkpoint, config)
     before = _hashes(checkpoint)
 

@@ -204,31 +204,42 @@ def test_pruner_records_error_before_and_after_on_every_linear(method, refine, p
                 assert (zeros.reshape(zeros.shape[0], -1, parsed.m).sum(-1) == parsed.m - parsed.n).all()
 
 
-def test_refined_model_matches_refiner_applied_by_hand():
-    # The engine's refined weights are what the refiner returns for the statistics the engine gathered:
-    # rerun the first Linear by hand from the same captured inputs.
+def first_block_statistics(linear_name):
+    """Calibration ids for the engine, and the Gram statistics and dense weight of ``linear_name`` in the first
+    block of a tiny Llama, gathered by hand from the same captured inputs the engine will see."""
     from hf_calibprune.engine import EngineOptions, LayerwiseEngine
     from hf_calibprune.engine.hooks import StatisticsCollector
 
     ids = torch.randint(4, 99, (4, 24), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones_like(ids)
     dense = tiny_model("llama")
     block = dense.model.layers[0]
     linears = find_prunable_linears(block)
     reference = LayerwiseEngine(dense, EngineOptions(batch_size=4, progress=False))
-    captured = reference.capture(ids, mask)
+    captured = reference.capture(ids, torch.ones_like(ids))
     collector = StatisticsCollector(linears, hessian=True)
     reference._run_block(block, 0, captured, collector, keep_outputs=False)
     collector.remove()
-    stats = collector.stats["self_attn.q_proj"]
-    weight = get_weight(linears["self_attn.q_proj"]).detach().float().clone()
-    pattern = parse_pattern("unstructured")
-    expected = build_refiner("swaps").refine(weight, build_method("wanda").prune(weight, stats, 0.5, pattern), stats, 0.5, pattern)
+    return ids, collector.stats[linear_name], get_weight(linears[linear_name]).detach().float().clone()
+
+
+def prune_tiny_llama(method, pattern, ids, **options):
+    """A tiny Llama pruned by the engine with ``options`` (refiner, reconstructor), and its layer records."""
+    from hf_calibprune.engine import EngineOptions, LayerwiseEngine
 
     model = tiny_model("llama")
-    engine = LayerwiseEngine(model, EngineOptions(batch_size=4, progress=False, refiner=build_refiner("swaps")))
+    engine = LayerwiseEngine(model, EngineOptions(batch_size=4, progress=False, **options))
     names = {engine.layout.block_name(i): 0.5 for i in range(len(engine.layout.blocks))}
-    layers, _ = engine.prune(build_method("wanda"), pattern, names, engine.capture(ids, mask))
+    layers, _ = engine.prune(method, pattern, names, engine.capture(ids, torch.ones_like(ids)))
+    return model, layers
+
+
+def test_refined_model_matches_refiner_applied_by_hand():
+    # The engine's refined weights are what the refiner returns for the statistics the engine gathered:
+    # rerun the first Linear by hand from the same captured inputs.
+    ids, stats, weight = first_block_statistics("self_attn.q_proj")
+    pattern = parse_pattern("unstructured")
+    expected = build_refiner("swaps").refine(weight, build_method("wanda").prune(weight, stats, 0.5, pattern), stats, 0.5, pattern)
+    model, layers = prune_tiny_llama(build_method("wanda"), pattern, ids, refiner=build_refiner("swaps"))
     assert torch.equal(model.model.layers[0].self_attn.q_proj.weight.detach(), expected.weight)
     assert layers[0].info["swaps"] == expected.info["swaps"]
 
@@ -244,5 +255,5 @@ def test_command_line_sets_refine_and_its_options():
     config = config_from_args(args)
     assert (config.method, config.refine) == ("ria", "swaps")
     assert config.refine_options == {"max_iterations": 5, "candidates": 8}
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["prune", "--model", "m", "--refine", "swap"])
+    with pytest.raises(ConfigError, match="swaps"):  # a did-you-mean from PruningConfig's validation
+        config_from_args(build_parser().parse_args(["prune", "--model", "m", "--refine", "swap"]))

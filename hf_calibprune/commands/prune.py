@@ -4,31 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
-import logging
 from pathlib import Path
 from typing import Any
+
+from .config_flags import add_config_flags, config_overrides
 
 __all__ = ["add_parser", "run", "config_from_args"]
 
 logger = logging.getLogger(__name__)
-
-# Flags that map one-to-one onto PruningConfig fields (flag dest → field name).
-_CONFIG_FLAGS = {
-    "method": "method",
-    "sparsity": "sparsity",
-    "pattern": "pattern",
-    "num_samples": "num_samples",
-    "seq_len": "seq_len",
-    "seed": "seed",
-    "batch_size": "batch_size",
-    "allocation": "allocation",
-    "owl_lambda": "owl_lambda",
-    "schedule": "schedule",
-    "activation_device": "activation_device",
-    "execution_device": "execution_device",
-}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,25 +27,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--gguf-file", help="GGUF file name inside --model (loaded dequantized).")
     parser.add_argument("--dtype", default="auto", help="torch dtype to load the model in (auto, float32, bfloat16, float16).")
     parser.add_argument("--config", help="A PruningConfig as .json or .yaml (see configs/).")
-    parser.add_argument("--method", help="magnitude, wanda, sparsegpt, ...")
-    parser.add_argument("--sparsity", type=float, help="Fraction of weights to prune, in [0, 1).")
-    parser.add_argument("--pattern", help="unstructured or N:M such as 2:4.")
     parser.add_argument(
-        "--calibration",
-        action="append",
-        help="Calibration source name (c4, gsm8k:icl, self), or a .jsonl/.txt file; repeat to mix sources.",
-    )
-    parser.add_argument("--num-samples", type=int)
-    parser.add_argument("--seq-len", type=int)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--allocation", choices=["uniform", "owl"])
-    parser.add_argument("--owl-lambda", type=float)
-    parser.add_argument("--schedule", choices=["sequential", "one-pass"])
-    parser.add_argument("--activation-device", help="Keep calibration activations on this device (e.g. cpu).")
-    parser.add_argument(
-        "--execution-device",
-        help="Keep the model where it is loaded and bring one block at a time to this device (e.g. cuda).",
+        "--data-dir",
+        help="Local mirror the calibration sources are read from, laid out as <source name>/<files> "
+        "(default: $HF_CALIBPRUNE_DATA_DIR).",
     )
     parser.add_argument(
         "--device-map",
@@ -67,16 +38,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         '\'{"model.layers.0": "disk", "": "cpu"}\' (a .json file path also works).',
     )
     parser.add_argument("--offload-folder", help="Folder for weights the device map offloads to disk.")
-    parser.add_argument(
-        "--method-option", action="append", default=[], metavar="KEY=VALUE", help="A method option, JSON-parsed."
-    )
-    parser.add_argument("--ignore", action="append", help="Leave Linears whose name contains this dense.")
-    from ..refinement import REFINERS
-
-    parser.add_argument("--refine", choices=REFINERS.names(), help="Refine each mask after the method (dsnot, swaps).")
-    parser.add_argument(
-        "--refine-option", action="append", default=[], metavar="KEY=VALUE", help="A refiner option, JSON-parsed."
-    )
     parser.add_argument("--output", help="Directory to save the pruned checkpoint to.")
     parser.add_argument("--format", default="dense", choices=["dense", "compact"], help="Checkpoint format.")
     parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output.")
@@ -89,20 +50,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="Save progress here after every block; rerunning the same command resumes at the first unfinished "
         "block (bit-identical result). Removed once --output is saved.",
     )
+    from ..config import PruningConfig
+
+    add_config_flags(parser, PruningConfig)
     parser.set_defaults(func=run)
     return parser
-
-
-def _parse_option(text: str) -> tuple[str, Any]:
-    from ..errors import ConfigError
-
-    key, separator, value = text.partition("=")
-    if not separator or not key:
-        raise ConfigError(f"--method-option '{text}' must look like KEY=VALUE, e.g. block_size=64.")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def config_from_args(args: argparse.Namespace):
@@ -111,21 +63,24 @@ def config_from_args(args: argparse.Namespace):
 
     data: dict[str, Any] = PruningConfig.from_pretrained(args.config).to_dict() if args.config else {}
     data.pop("hf_calibprune_version", None)
-    for flag, field_name in _CONFIG_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            data[field_name] = value
-    if args.calibration:
-        data["calibration"] = args.calibration[0] if len(args.calibration) == 1 else list(args.calibration)
-    if args.method_option:
-        data["method_options"] = {**data.get("method_options", {}), **dict(map(_parse_option, args.method_option))}
-    if args.ignore:
-        data["ignore"] = list(args.ignore)
-    if getattr(args, "refine", None):
-        data["refine"] = args.refine
-    if getattr(args, "refine_option", None):
-        data["refine_options"] = {**data.get("refine_options", {}), **dict(map(_parse_option, args.refine_option))}
+    data = config_overrides(args, PruningConfig, data)
+    if getattr(args, "data_dir", None):
+        data["calibration"] = _with_data_dir(data.get("calibration", "self"), args.data_dir)
     return PruningConfig.from_dict(data)
+
+
+def _with_data_dir(calibration: Any, data_dir: str) -> dict[str, Any]:
+    """The calibration spec as a CalibrationConfig (in its JSON form) reading from ``data_dir``."""
+    from ..errors import ConfigError
+
+    if isinstance(calibration, dict) and "calibration_config" in calibration:
+        return {"calibration_config": {**calibration["calibration_config"], "data_dir": data_dir}}
+    if isinstance(calibration, (str, list)):
+        return {"calibration_config": {"sources": calibration, "data_dir": data_dir}}
+    raise ConfigError(
+        f"--data-dir applies to calibration sources read from files, not to {calibration!r}; pass "
+        "--calibration c4 (or another source name) with it."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     ).prune(model)
     if is_main_process():
         print(model.pruning_report.summary_table())
-        command = shlex.join(["hf-calibprune", *sys.argv[1:]])
+        command = shlex.join(["hf-calibprune", *getattr(args, "argv", sys.argv[1:])])
         if args.output:
             path = save_sparse(
                 model, args.output, format=args.format, tokenizer=tokenizer, overwrite=args.overwrite, command=command

@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 __all__ = [
     "all_reduce_sums",
+    "backend",
     "barrier",
     "broadcast_",
+    "execution_record",
     "init_distributed",
     "is_distributed",
     "is_main_process",
@@ -48,9 +51,16 @@ def init_distributed() -> bool:
         return False
     from accelerate import PartialState
 
-    state = PartialState()
-    logger.info("Process %d of %d (%s backend).", state.process_index, state.num_processes, state.backend)
-    return is_distributed()
+    PartialState()
+    if not is_distributed():
+        logger.warning(
+            "The launcher asked for several processes, but no process group of more than one came up; this process "
+            "prunes with all the calibration samples."
+        )
+        return False
+    # Read from torch.distributed, not accelerate's state, which can describe the process before the group is up.
+    logger.info("Process %d of %d (%s backend).", dist.get_rank(), dist.get_world_size(), backend())
+    return True
 
 
 def is_distributed() -> bool:
@@ -92,6 +102,29 @@ def shard_slice(total: int) -> slice:
     base, extra = divmod(total, size)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (1 if rank < extra else 0))
+
+
+def execution_record(samples: tuple[int, int], devices: list[str]) -> dict[str, Any]:
+    """How the prune ran, the same in every process: the number of processes, the backend, and per process its
+    share ``[start, stop)`` of the calibration samples and the devices its blocks ran on (gathered from all)."""
+    mine = {"rank": process_index(), "samples": list(samples), "devices": list(devices)}
+    if not is_distributed():
+        return {"world_size": 1, "backend": None, "processes": [mine]}
+    processes: list[Any] = [None] * world_size()
+    dist.all_gather_object(processes, mine)
+    return {"world_size": world_size(), "backend": backend(), "processes": processes}
+
+
+def backend() -> str | None:
+    """The process group's backend (``"gloo"``, ``"nccl"``, ``"gloo+nccl"`` for one per device type), or ``None``."""
+    if not is_distributed():
+        return None
+    name = dist.get_backend()
+    if name and name != "undefined":
+        return name
+    # A group made without a backend name has one per device type: the config reads "cpu:gloo,cuda:nccl".
+    names = [part.split(":")[-1] for part in str(dist.get_backend_config()).split(",")]
+    return "+".join(dict.fromkeys(names))
 
 
 def _communication_device() -> torch.device:

@@ -29,7 +29,7 @@ from ..sparsity import InputStatistics
 from .distributed import all_reduce_sums
 from .offload import locate_weight, read_parameter, write_parameter
 
-__all__ = ["ExpertCollector", "ExpertStore", "MoeCalibration", "eager_experts"]
+__all__ = ["ExpertCollector", "ExpertListCalls", "ExpertStore", "MoeCalibration", "eager_experts"]
 
 MoeCalibration = Literal["routed", "all"]
 
@@ -371,3 +371,84 @@ class ExpertStore:
             module = self.block.get_submodule(experts)
             write_parameter(module, parameter, value, root=self.block, name=experts)
         self._offloaded.clear()
+
+
+class ExpertListCalls:
+    """Counts the tokens routed to each expert of ``nn.ModuleList`` Mixture-of-Experts modules, and runs chosen
+    experts on every non-padding token of the module's input for statistics only (the experts' Linear hooks, a
+    ``StatisticsCollector``, record those calls; their outputs are dropped).
+
+    Routed counts are rows each expert is called with; padding tokens routed to an expert count too (the module
+    gathers them in its own order).
+
+    Args:
+        block (`nn.Module`): the decoder block.
+        runs (`dict[str, list[int]]`): MoE module path inside the block → experts to run before that module runs.
+        collector (`StatisticsCollector`, *optional*): unpaused around these calls only, so that it records nothing
+            of the routed calls.
+        keep_inputs (`bool`): keep each module's tokens for :meth:`run` after the pass.
+    """
+
+    def __init__(self, block: nn.Module, runs: dict[str, list[int]], collector=None, keep_inputs: bool = False) -> None:
+        self.block = block
+        self.runs = runs
+        self.collector = collector
+        self.token_mask: torch.Tensor | None = None
+        self.inputs: dict[str, list[torch.Tensor]] = {}
+        self.tokens: dict[str, list[int]] = {name: [0] * len(block.get_submodule(name).experts) for name in runs}
+        self._keep_inputs = keep_inputs
+        self._running = False
+        self._handles = []
+        for name in runs:
+            module = block.get_submodule(name)
+            self._handles.append(module.register_forward_pre_hook(self._make_hook(name)))
+            for expert, expert_module in enumerate(module.experts):
+                self._handles.append(expert_module.register_forward_pre_hook(self._make_counter(name, expert)))
+
+    def _make_counter(self, name: str, expert: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if not self._running:
+                self.tokens[name][expert] += args[0].reshape(-1, args[0].shape[-1]).shape[0]
+
+        return hook
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            hidden = args[0]
+            tokens = hidden.reshape(-1, hidden.shape[-1])
+            mask = self.token_mask
+            if mask is not None and mask.numel() == tokens.shape[0]:
+                tokens = tokens[mask.reshape(-1).to(tokens.device)]
+            if self._keep_inputs:
+                self.inputs.setdefault(name, []).append(tokens)
+            self.run(name, tokens, self.runs[name])
+
+        return hook
+
+    def run(self, name: str, tokens: torch.Tensor, experts: list[int]) -> None:
+        """Call ``experts`` of MoE module ``name`` on ``tokens``; outputs are dropped."""
+        if not experts:
+            return
+        module = self.block.get_submodule(name)
+        paused = self.collector.paused if self.collector is not None else None
+        self._running = True
+        try:
+            if self.collector is not None:
+                self.collector.paused = False
+            with torch.no_grad():
+                for expert in experts:
+                    module.experts[expert](tokens)
+        finally:
+            self._running = False
+            if self.collector is not None:
+                self.collector.paused = paused
+
+    def all_reduce_counts(self) -> None:
+        """Sum the routed counts over processes."""
+        for name in self.tokens:
+            self.tokens[name] = [int(v) for v in all_reduce_sums([float(c) for c in self.tokens[name]])]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..sparsity import InputStatistics
+from .offload import read_parameter
 
 __all__ = ["AllInputsGathered", "StatisticsCollector", "ErrorMeter", "ERROR_TOKEN_BUDGET", "hessian_error"]
 
@@ -68,6 +69,8 @@ class StatisticsCollector(_HookSet):
         self._first_batch_calls: list[str] | None = None
         self._last_input: torch.Tensor | None = None
         self._last_stats: InputStatistics | None = None
+        #: While ``True`` the hooks record nothing (an :class:`ExpertListCalls` unpauses them around its own calls).
+        self.paused = False
         for name, module in linears.items():
             self._handles.append(module.register_forward_pre_hook(self._make_hook(name)))
 
@@ -87,6 +90,8 @@ class StatisticsCollector(_HookSet):
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
+            if self.paused:
+                return
             x = args[0]
             if x is self._last_input:
                 self.stats.setdefault(name, self._last_stats)
@@ -111,13 +116,19 @@ class ErrorMeter(_HookSet):
 
     ``removed[name]`` is ``W − Ŵ`` as ``[out, in]``, filled any time before that Linear runs; the Linear's own
     output gives ``ŴX``, so each measured token costs one extra product with ``W − Ŵ``. To keep that cost small
-    next to the pass itself, only the first ``token_budget`` non-padding tokens of a pass are measured.
+    next to the pass itself, only the first ``token_budget`` non-padding tokens of a pass are measured. ``root``
+    is the block ``linears`` are named in, where accelerate's hooks may keep an offloaded bias.
     """
 
     def __init__(
-        self, linears: dict[str, nn.Module], removed: dict[str, torch.Tensor], token_budget: int = ERROR_TOKEN_BUDGET
+        self,
+        linears: dict[str, nn.Module],
+        removed: dict[str, torch.Tensor],
+        token_budget: int = ERROR_TOKEN_BUDGET,
+        root: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        self.root = root
         self.removed = removed
         self.token_budget = token_budget
         self.error = {name: 0.0 for name in linears}
@@ -144,7 +155,9 @@ class ErrorMeter(_HookSet):
             pruned = _tokens(output, self.token_mask)[:room].float()
             bias = getattr(module, "bias", None)
             if bias is not None:
-                pruned = pruned - bias.float()
+                if bias.device.type == "meta":  # offloaded: accelerate's hook put it back before this hook runs
+                    bias = read_parameter(module, "bias", root=self.root, name=name)
+                pruned = pruned - bias.to(pruned.device).float()
             self.error[name] += float(delta.square().sum())
             self.reference[name] += float((pruned + delta).square().sum())
 

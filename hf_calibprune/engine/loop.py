@@ -25,12 +25,13 @@ from ..methods import PruningMethod
 from ..methods.wanda import wanda_scores
 from ..models import DecoderLayout, ExpertMatrix, find_decoder_layout, find_fused_experts, find_moe_blocks, find_prunable_linears
 from ..refinement import MaskRefiner
+from ..reconstruction import WeightReconstructor
 from ..records import BlockRecord, LayerRecord
 from ..sparsity import InputStatistics, LayerSparsity, SparsityPattern, outlier_ratio
 from .capture import CapturedInputs, block_hidden_output, capture_block_inputs
 from .checkpointing import BlockCheckpoint
 from .distributed import all_reduce_sums, broadcast_, resolve_device
-from .experts import ExpertCollector, ExpertStore, MoeCalibration, eager_experts
+from .experts import ExpertCollector, ExpertListCalls, ExpertStore, MoeCalibration, eager_experts
 from .hooks import AllInputsGathered, ErrorMeter, StatisticsCollector, hessian_error
 from .offload import read_weight, write_weight
 
@@ -53,6 +54,7 @@ class EngineOptions:
             (``"cpu"`` keeps them off the accelerator); ``None`` leaves them where they were computed.
         ignore (`tuple[str, ...]`, *optional*): Linears whose name contains any of these stay dense.
         refiner (`MaskRefiner`, *optional*): improves each method's mask using the Gram matrix.
+        reconstructor (`WeightReconstructor`, *optional*): re-fits the kept weights after method and refiner.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar over blocks.
         execution_device (`str`, *optional*): move each block to this device (``"cuda"``) for its passes and
             back to where it was afterwards, so the accelerator holds one block at a time. Blocks placed by
@@ -69,6 +71,7 @@ class EngineOptions:
     activation_device: str | None = None
     ignore: tuple[str, ...] = ()
     refiner: MaskRefiner | None = None
+    reconstructor: WeightReconstructor | None = None
     progress: bool = True
     execution_device: str | None = None
     moe_calibration: MoeCalibration = "routed"
@@ -109,26 +112,39 @@ class LayerwiseEngine:
             self._run_block(block, index, captured, None, keep_outputs=True)
 
     def outlier_ratios(self, captured: CapturedInputs, threshold: float) -> dict[str, float]:
-        """OWL's outlier ratio of each block's Wanda scores, propagating dense activations."""
+        """OWL's outlier ratio of each block's Wanda scores (experts' from their routed tokens), propagating dense
+        activations."""
         ratios: dict[str, float] = {}
-        for index, block in enumerate(self._progress(self.layout.blocks, "Measuring outliers")):
-            linears = find_prunable_linears(block, self.options.ignore)
-            collector = StatisticsCollector(linears, hessian=False)
-            with self._placed(block):
-                try:
-                    self._run_block(block, index, captured, collector, keep_outputs=True)
-                finally:
-                    collector.remove()
-                _all_reduce(collector.stats)
-                scores = []
-                for n, m in linears.items():
-                    if n in collector.stats:
-                        norms = collector.stats[n].norms
-                        weight = read_weight(m, root=block, name=n).to(norms.device, torch.float32)
-                        scores.append(wanda_scores(weight, norms).flatten())
-            scores = torch.cat(scores)
-            ratios[self.layout.block_name(index)] = outlier_ratio(scores, threshold)
+        with self._eager_experts():
+            for index, block in enumerate(self._progress(self.layout.blocks, "Measuring outliers")):
+                linears = find_prunable_linears(block, self.options.ignore)
+                collector = StatisticsCollector(linears, hessian=False)
+                experts = self._expert_collector(block, hessian=False)
+                with self._placed(block):
+                    try:
+                        self._run_block(block, index, captured, (collector, experts), keep_outputs=True)
+                    finally:
+                        collector.remove()
+                        if experts is not None:
+                            experts.remove()
+                    _all_reduce(collector.stats)
+                    weights = [
+                        (read_weight(m, root=block, name=n), collector.stats[n]) for n, m in linears.items() if n in collector.stats
+                    ]
+                    if experts is not None:
+                        experts.all_reduce_statistics()
+                        store = ExpertStore(block)
+                        weights += [(store.read(m), experts.statistics(m)) for m in self._expert_matrices(block)]
+                    scores = [
+                        wanda_scores(weight.to(stats.norms.device, torch.float32), stats.norms).flatten()
+                        for weight, stats in weights
+                        if stats.num_tokens
+                    ]
+                ratios[self.layout.block_name(index)] = outlier_ratio(torch.cat(scores), threshold)
         return ratios
+
+    def _eager_experts(self):
+        return eager_experts([f for block in self.layout.blocks for f in find_fused_experts(block)])
 
     def prune(
         self,
@@ -148,7 +164,7 @@ class LayerwiseEngine:
         done = checkpoint.completed_blocks() if checkpoint is not None else 0
         if done:
             layers, blocks = checkpoint.restore(self.layout, captured)
-        with eager_experts([f for block in self.layout.blocks for f in find_fused_experts(block)]):
+        with self._eager_experts():
             for index, block in enumerate(self._progress(self.layout.blocks, "Pruning blocks")):
                 if index >= done:
                     layers.extend(self._prune_block(method, pattern, layer_sparsity, captured, index, block, blocks))
@@ -184,6 +200,55 @@ class LayerwiseEngine:
             if not any(pattern in f"{fused.name}.{matrix.parameter}" for pattern in self.options.ignore)
         ]
 
+    def _expert_lists(self, block: nn.Module, linears: dict[str, nn.Module]) -> dict[str, list[list[str]]]:
+        """``nn.ModuleList`` experts: MoE module path → for each expert, the names of its pruned Linears."""
+        found = {}
+        for moe in find_moe_blocks(block):
+            if moe.fused is None:
+                prefix = f"{moe.name}.experts." if moe.name else "experts."
+                found[moe.name] = [
+                    [n for n in linears if n.startswith(f"{prefix}{expert}.")] for expert in range(moe.num_experts)
+                ]
+        return found
+
+    def _experts_path(self, index: int, moe: str) -> str:
+        return ".".join(part for part in (self.layout.block_name(index), moe, "experts") if part)
+
+    def _module_list_statistics(self, block, index, captured, collector, counter, lists, hessian) -> dict[str, dict]:
+        """Sequential schedule, ``nn.ModuleList`` experts: those routed fewer than ``min_expert_tokens`` tokens (every
+        one under ``"all"``) get statistics over every token from one more pass. Returns each Linear's expert facts."""
+        counter.all_reduce_counts()
+        everything = self.options.moe_calibration == "all"
+        runs = {
+            moe: [e for e, count in enumerate(counter.tokens[moe]) if everything or count < self.options.min_expert_tokens]
+            for moe in lists
+        }
+        runs = {moe: experts for moe, experts in runs.items() if experts}
+        if runs:
+            fallback = {n: block.get_submodule(n) for moe, experts in runs.items() for e in experts for n in lists[moe][e]}
+            for name in fallback:
+                collector.stats.pop(name, None)
+            second = StatisticsCollector(fallback, hessian=hessian)
+            second.paused = True
+            calls = ExpertListCalls(block, runs, collector=second)
+            try:
+                self._run_block(block, index, captured, (second, calls), keep_outputs=False)
+            finally:
+                second.remove()
+                calls.remove()
+            collector.stats.update(second.stats)
+        return {
+            name: {
+                "experts": self._experts_path(index, moe),
+                "expert": expert,
+                "tokens": counter.tokens[moe][expert],
+                "statistics": "all" if expert in runs.get(moe, ()) else "routed",
+            }
+            for moe, experts in lists.items()
+            for expert, names in enumerate(experts)
+            for name in names
+        }
+
     def _expert_collector(self, block, hessian: bool, prune=None) -> ExpertCollector | None:
         experts = [f for f in find_fused_experts(block) if any(m.experts == f.name for m in self._expert_matrices(block))]
         if not experts:
@@ -201,9 +266,14 @@ class LayerwiseEngine:
         hessian = self._needs_gram(method)
         collector = StatisticsCollector(linears, hessian=hessian, stop_early=stop_early)
         experts = self._expert_collector(block, hessian)
+        lists = self._expert_lists(block, linears)
+        counter = ExpertListCalls(block, {moe: [] for moe in lists}) if lists else None
         try:
-            self._run_block(block, index, captured, (collector, experts), keep_outputs=False)
+            self._run_block(block, index, captured, (collector, experts, counter), keep_outputs=False)
             collector.remove()
+            if counter is not None:
+                counter.remove()
+                list_info = self._module_list_statistics(block, index, captured, collector, counter, lists, hessian)
             if experts is not None:
                 experts.all_reduce_counts()
                 fallback = experts.fallback_experts()
@@ -215,10 +285,14 @@ class LayerwiseEngine:
             collector.remove()
             if experts is not None:
                 experts.remove()
+            if counter is not None:
+                counter.remove()
         _all_reduce(collector.stats)
         records, removed = [], {}
         for name, module in linears.items():
             record, delta = self._prune_linear(method, index, name, module, collector.stats.get(name), sparsity, pattern)
+            if counter is not None:
+                record.info.update(list_info.get(name, {}))
             records.append(record)
             if record.reconstruction_error is None and delta is not None:
                 removed[name] = delta
@@ -226,7 +300,7 @@ class LayerwiseEngine:
             for matrix in self._expert_matrices(block):
                 records.append(self._prune_expert(method, index, store, matrix, experts, sparsity, pattern))
             store.flush()
-        meter = ErrorMeter(linears, removed) if removed else None
+        meter = ErrorMeter(linears, removed, root=block) if removed else None
         try:
             self._run_block(block, index, captured, meter, keep_outputs=True)
         finally:
@@ -251,6 +325,10 @@ class LayerwiseEngine:
             for matrix in matrices:
                 if matrix.experts == fused.name and matrix.parameter == parameter:
                     expert_records.append(self._prune_expert(method, index, store, matrix, experts, sparsity, pattern))
+            # Offloaded experts: accelerate's hook loads them from its offload map for every later call (the
+            # statistics of the next parameter, the real call), so the pruned values must be there now.
+            store.flush()
+
         removed: dict[str, torch.Tensor] = {}
         reduced: set[int] = set()  # q/k/v share one statistic: sum it over processes once
 
@@ -267,15 +345,36 @@ class LayerwiseEngine:
 
         collector = StatisticsCollector(linears, hessian=self._needs_gram(method), on_input=prune_before_use)
         experts = self._expert_collector(block, self._needs_gram(method), prune=prune_experts)
-        meter = ErrorMeter(linears, removed) if self.options.measure_error and not self._needs_gram(method) else None
+        meter = ErrorMeter(linears, removed, root=block) if self.options.measure_error and not self._needs_gram(method) else None
+        lists = self._expert_lists(block, linears)
+        everything = self.options.moe_calibration == "all"
+        # nn.ModuleList experts: under "all" each runs on every token before the module (and is pruned there);
+        # under "routed" each is pruned at its first routed call, and one never called from every token after.
+        calls = ExpertListCalls(
+            block, {moe: list(range(len(e))) if everything else [] for moe, e in lists.items()}, keep_inputs=True
+        ) if lists else None
         try:
-            self._run_block(block, index, captured, (collector, experts, meter), keep_outputs=True)
+            self._run_block(block, index, captured, (collector, experts, meter, calls), keep_outputs=True)
+            for moe, per_expert in lists.items():
+                unrouted = [e for e, names in enumerate(per_expert) if any(n not in records for n in names)]
+                if unrouted:
+                    calls.run(moe, torch.cat(calls.inputs[moe]), unrouted)
         finally:
             collector.remove()
             if experts is not None:
                 experts.remove()
             if meter is not None:
                 meter.remove()
+            if calls is not None:
+                calls.remove()
+        for moe, per_expert in lists.items():
+            for expert, names in enumerate(per_expert):
+                routed = calls.tokens[moe][expert]
+                for name in names:
+                    records[name].info.update(
+                        experts=self._experts_path(index, moe), expert=expert, tokens=routed,
+                        statistics="all" if everything or not routed else "routed",
+                    )
         pruned = {record.name for record in expert_records}
         for matrix in matrices:  # an experts module the pass never called (no MoE layer ran)
             if f"{self.layout.block_name(index)}.{matrix.name}" not in pruned:
@@ -293,7 +392,7 @@ class LayerwiseEngine:
         self, method, index, store: ExpertStore, matrix: ExpertMatrix, experts: ExpertCollector | None, sparsity, pattern
     ) -> LayerRecord:
         stats = experts.statistics(matrix) if experts is not None else None
-        info = {"expert": matrix.expert}
+        info = {"experts": f"{self.layout.block_name(index)}.{matrix.experts}", "expert": matrix.expert}
         if experts is not None:
             info["tokens"] = experts.tokens[matrix.experts][matrix.expert]
             info["statistics"] = experts.sources[matrix.experts][matrix.expert]
@@ -354,6 +453,8 @@ class LayerwiseEngine:
             result = method.prune(weight, stats, sparsity, pattern)
             if self.options.refiner is not None and stats is not None:
                 result = self._refine(weight, result, stats, sparsity, pattern)
+            if self.options.reconstructor is not None and stats is not None:
+                result = self.options.reconstructor.reconstruct(weight, result, stats)
         except NumericalError as error:
             raise NumericalError(f"{full_name}: {error}") from error
         broadcast_(result.weight)  # every process keeps the main process's result, bit for bit
@@ -375,7 +476,7 @@ class LayerwiseEngine:
         return record, delta
 
     def _needs_gram(self, method: PruningMethod) -> bool:
-        return method.needs == "hessian" or self.options.refiner is not None
+        return method.needs == "hessian" or self.options.refiner is not None or self.options.reconstructor is not None
 
     def _refine(self, weight, result, stats, sparsity, pattern):
         before = hessian_error(weight - result.weight, weight, stats.gram)

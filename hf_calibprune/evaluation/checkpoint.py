@@ -50,6 +50,9 @@ def _update_card(readme: Path, report: dict[str, Any]) -> None:
 def record_evaluation(directory: str | os.PathLike, results: dict[str, Any]) -> list[Path]:
     """Merge ``results`` into ``directory/pruning_report.json``'s ``evaluation`` (and the README's model-index).
 
+    Local paths in ``results`` (the data files evaluated on) are recorded by file name, with size and sha256 in
+    ``local_files``, as :func:`~hf_calibprune.save_sparse` records calibration files.
+
     Nothing is written when the directory has no report. Both files are written to a temporary sibling
     and renamed into place. Returns the paths written.
     """
@@ -57,10 +60,16 @@ def record_evaluation(directory: str | os.PathLike, results: dict[str, Any]) -> 
     report_path = directory / REPORT_NAME
     if not report_path.is_file():
         return []
+    from ..hub.publication import merge_local_files, publishable
+
     report = read_json(report_path, "pruning report")
+    # The report is published: the evaluation's data files are named by file name, size and hash, not by path.
+    results, files = publishable(json.loads(json.dumps(results, default=str)))
     evaluation = dict(report.get("evaluation") or {})
-    evaluation.update(json.loads(json.dumps(results, default=str)))
+    evaluation.update(results)
     report["evaluation"] = evaluation
+    if files:
+        report["local_files"] = merge_local_files(report.get("local_files"), files)
     write_json_atomic(report_path, report)
     written = [report_path]
     readme = directory / "README.md"

@@ -1,11 +1,12 @@
 """The model card (README.md) of a pruned checkpoint, written from the :class:`PruningReport`.
 
 Every number in the card is a measured one from the report (achieved sparsity, calibration fingerprint,
-evaluation results), never the request. The card is built with huggingface_hub's
-:class:`~huggingface_hub.ModelCard` / :class:`~huggingface_hub.ModelCardData`, so the Hub parses its metadata
-back to the same values. An existing README is merged, not clobbered: the user's text and metadata are kept,
-tags are united, and only the section between :data:`START_MARKER` and :data:`END_MARKER` is replaced
-(the approach of peft's ``create_or_update_model_card``).
+evaluation results), never the request. The wording lives in one Jinja template,
+``templates/modelcard_template.md`` (:data:`TEMPLATE`), rendered with huggingface_hub's
+``ModelCard.from_template`` from values this module prepares; a new row is a new template line. The metadata is a
+:class:`~huggingface_hub.ModelCardData`, so the Hub parses it back to the same values. An existing README is
+merged, not clobbered: the user's text and metadata are kept, tags are united, and only the section between
+:data:`START_MARKER` and :data:`END_MARKER` is replaced (the approach of peft's ``create_or_update_model_card``).
 
 ``library_name`` is ``transformers``: a dense checkpoint loads with plain ``AutoModelForCausalLM`` and a
 compact one through transformers' ``from_pretrained`` once hf_calibprune is imported, so the Hub's
@@ -22,6 +23,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from .publication import HUB_ID_RE, Publication, is_hub_id, prepare_publication
+from .structured_card import structure_intro, structure_lines
+
 if TYPE_CHECKING:  # huggingface_hub's card module is slow to import: loaded when a card is built
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -29,19 +33,22 @@ __all__ = [
     "START_MARKER",
     "END_MARKER",
     "CITATIONS",
+    "TEMPLATE",
     "build_model_card",
     "card_metadata",
-    "card_section",
     "calibration_dataset_ids",
     "evaluation_rows",
     "base_model_license",
     "merge_model_card",
+    "render_model_card",
 ]
 
 logger = logging.getLogger(__name__)
 
 START_MARKER = "<!-- hf_calibprune:start (this section is rewritten by hf_calibprune; edit outside it) -->"
 END_MARKER = "<!-- hf_calibprune:end -->"
+#: The card's wording: a Jinja template rendered with huggingface_hub's ``ModelCard.from_template``.
+TEMPLATE = Path(__file__).with_name("templates") / "modelcard_template.md"
 _SECTION_RE = re.compile(r"<!-- hf_calibprune:start[^>]*-->.*?<!-- hf_calibprune:end -->", re.DOTALL)
 
 CITATIONS: dict[str, str] = {
@@ -87,7 +94,6 @@ _KNOWN_DATASETS: dict[str, str] = {
     "rte": "nyu-mll/glue",
     "mnli": "nyu-mll/glue",
 }
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _ID_KEYS = ("hub_id", "hub_ids", "dataset_id", "dataset_ids", "datasets", "path", "name", "source")
 _NESTED_KEYS = ("components", "sources", "mixture", "parts")
 
@@ -108,7 +114,7 @@ def _hub_id(value: Any) -> str | None:
     key = value.strip().lower().split(":", 1)[0]  # "gsm8k:icl" names the gsm8k source in ICL format
     if key in _KNOWN_DATASETS:
         return _KNOWN_DATASETS[key]
-    if _HUB_ID_RE.match(value) and not os.path.exists(value) and not value.endswith((".json", ".jsonl", ".txt")):
+    if HUB_ID_RE.match(value) and not os.path.exists(value) and not value.endswith((".json", ".jsonl", ".txt")):
         return value
     return None
 
@@ -206,7 +212,7 @@ def base_model_license(name_or_path: str | os.PathLike | None) -> str | None:
     path = Path(name_or_path)
     if path.is_dir() and (path / "README.md").is_file():
         readme = str(path / "README.md")
-    elif _HUB_ID_RE.match(str(name_or_path)):
+    elif HUB_ID_RE.match(str(name_or_path)):
         try:
             from huggingface_hub import try_to_load_from_cache
 
@@ -265,7 +271,7 @@ def card_metadata(
         )
         for row in rows
     ]
-    if base_model is not None and (not _HUB_ID_RE.match(base_model) or os.path.exists(base_model)):
+    if not is_hub_id(base_model):
         base_model = None  # a local path is not a Hub id the metadata may name
     return ModelCardData(
         base_model=base_model,
@@ -340,111 +346,118 @@ def _scalar_items(mapping: Mapping[str, Any], first: tuple[str, ...]) -> list[tu
     return items
 
 
-def card_section(
-    report: Mapping[str, Any],
-    config: Mapping[str, Any] | None = None,
-    *,
-    base_model: str | None = None,
-    checkpoint: Mapping[str, Any] | None = None,
-    command: str | None = None,
-) -> str:
-    """The markdown section hf_calibprune owns in the card, markers included."""
-    config = dict(config or {})
-    method = report.get("method") or config.get("method") or "unknown"
-    pattern = report.get("pattern") or config.get("pattern") or "unknown"
-    calibration = dict(report.get("calibration") or {})
-    lines = [START_MARKER, "", "## Pruning (hf_calibprune)", ""]
-    source = f"`{base_model}`" if base_model else "the base model"
-    lines.append(
-        f"This model is {source} pruned with **{method}** to **{pattern}** sparsity by "
-        "[hf_calibprune](https://pypi.org/project/hf_calibprune/), layer by layer on calibration data. "
-        "Pruned weights are exact zeros; every number below was measured on the pruned weights."
-    )
-    lines += [
-        "",
-        "| | |",
-        "|---|---|",
-        f"| method | {method} |",
-        f"| pattern | {pattern} |",
-        f"| requested sparsity | {_pct(report.get('requested_sparsity'))} |",
-        f"| measured sparsity (pruned layers) | {_pct(report.get('overall_sparsity'))} |",
-        f"| pruned layers | {len(report.get('layers') or [])} |",
-    ]
-    if _number(report.get("seconds")) is not None:
-        lines.append(f"| pruning time | {_fmt(report.get('seconds'))} s |")
-    if checkpoint:
-        lines.append(f"| checkpoint format | {checkpoint.get('format', 'dense')} |")
-        if checkpoint.get("size_ratio") is not None:
-            lines.append(
-                f"| checkpoint size | {_fmt(checkpoint.get('size_ratio'))}x the dense checkpoint "
-                f"({checkpoint.get('weights_bytes')} bytes of weights) |"
-            )
-    if checkpoint and checkpoint.get("format") == "compact":
-        lines += [
-            "",
-            "This is a **compact** checkpoint (bitmask / N:M indices plus kept values). Load it with "
-            "`pip install hf_calibprune` and `import hf_calibprune` before `AutoModelForCausalLM.from_pretrained`; "
-            "it decompresses into a plain dense model.",
+def _source_rows(calibration: Mapping[str, Any]) -> list[list[str]]:
+    sources = [s for key in _NESTED_KEYS for s in (calibration.get(key) or []) if isinstance(s, Mapping)]
+    rows = []
+    shown = ("name", "source", "origin", "num_samples", "weight", "format")
+    for source in sources:
+        details = dict(_scalar_items({k: v for k, v in source.items() if k not in shown and v is not None}, ()))
+        row = [
+            source.get("name") or source.get("source") or "–",
+            source.get("origin", "–"),
+            source.get("num_samples", "–"),
+            _fmt(source.get("weight")),
+            source.get("format", "–"),
+            ", ".join(f"{k}: {v}" for k, v in details.items()) or "–",
         ]
-    rows = _block_rows(report)
-    if rows:
-        lines += ["", "### Sparsity per decoder block", "", "| block | requested | measured | seconds |", "|---|---|---|---|"]
-        lines += [f"| {b} | {r} | {m} | {s} |" for b, r, m, s in rows]
-    if calibration:
-        lines += ["", "### Calibration", "", "| | |", "|---|---|"]
-        first = ("source", "format", "num_samples", "seq_len", "seed", "shots", "token_sha256", "hash")
-        scalars = {k: v for k, v in calibration.items() if k not in _NESTED_KEYS}
-        lines += [f"| {k} | {v} |" for k, v in _scalar_items(scalars, first)]
-        sources = [s for key in _NESTED_KEYS for s in (calibration.get(key) or []) if isinstance(s, Mapping)]
-        if sources:
-            lines += ["", "| source | origin | samples | weight | format | details |", "|---|---|---|---|---|---|"]
-            for source in sources:
-                shown = ("name", "source", "origin", "num_samples", "weight", "format")
-                details = dict(_scalar_items({k: v for k, v in source.items() if k not in shown and v is not None}, ()))
-                lines.append(
-                    "| {} | {} | {} | {} | {} | {} |".format(
-                        source.get("name") or source.get("source") or "–",
-                        source.get("origin", "–"),
-                        source.get("num_samples", "–"),
-                        _fmt(source.get("weight")),
-                        source.get("format", "–"),
-                        ", ".join(f"{k}: {v}" for k, v in details.items()) or "–",
-                    ).replace("<", "&lt;").replace(">", "&gt;")
-                )
-        datasets = calibration_dataset_ids(calibration)
-        if datasets:
-            lines += ["", "Calibration datasets: " + ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets)]
-    evaluation = evaluation_rows(report.get("evaluation"))
-    if evaluation:
-        lines += ["", "### Evaluation", "", "| evaluation | metric | dense | pruned |", "|---|---|---|---|"]
-        lines += [f"| {r['name']} | {r['metric']} | {_fmt(r['dense'])} | {_fmt(r['pruned'])} |" for r in evaluation]
-    lines += ["", "### Reproduce", ""]
-    if command:
-        lines += ["```bash", command, "```", ""]
-    lines += [
-        "```python",
-        "from hf_calibprune import CalibratedPruner, PruningConfig",
-        "",
-        'config = PruningConfig.from_pretrained("<this checkpoint>")  # reads pruning_config.json',
-        f'model = CalibratedPruner.from_pretrained("{base_model or "<base model>"}", config)',
-        "```",
-    ]
-    if config:
-        lines += ["", "<details><summary>pruning_config.json</summary>", "", "```json"]
-        lines.append(json.dumps(config, indent=2, sort_keys=True, default=str))
-        lines += ["```", "", "</details>"]
-    versions = report.get("versions") or {}
-    if versions:
-        lines += ["", "Library versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))]
-    lines += ["", "### References", ""]
+        rows.append([str(cell).replace("<", "&lt;").replace(">", "&gt;") for cell in row])
+    return rows
+
+
+def _citations(method: str, allocation: Any) -> list[str]:
     cited = [key for key in CITATIONS if key == str(method).lower()]
-    allocation = report.get("allocation") or config.get("allocation")
     if str(allocation).lower() == "owl":
         cited.append("owl")
     cited.append("calibration")
-    lines += [f"- {CITATIONS[key]}" for key in cited]
-    lines += ["", END_MARKER]
-    return "\n".join(lines)
+    return [CITATIONS[key] for key in cited]
+
+
+def _execution_line(execution: Mapping[str, Any] | None) -> str | None:
+    """How the prune ran, in one line: processes, backend, and each process's samples and devices."""
+    if not execution or not execution.get("world_size"):
+        return None
+    backend = execution.get("backend")
+    head = f"{execution['world_size']}" + (f" ({backend} backend)" if backend else "")
+    parts = []
+    for process in execution.get("processes") or []:
+        start, stop = (list(process.get("samples") or []) + [0, 0])[:2]
+        samples = f"samples {start}–{stop - 1}" if stop > start else "no samples"
+        parts.append(f"rank {process.get('rank')}: {samples} on {', '.join(process.get('devices') or []) or '–'}")
+    return head + (" — " + "; ".join(parts) if parts else "")
+
+
+def _dense_rows(dense: list[Mapping[str, Any]]) -> list[tuple[str, int, int, str]]:
+    """Weights left dense, one row per reason: (reason, count, weights, names when few)."""
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for weight in dense:
+        grouped.setdefault(str(weight.get("reason")), []).append(weight)
+    return [
+        (
+            reason,
+            len(weights),
+            sum(int(w.get("numel") or 0) for w in weights),
+            ", ".join(f"`{w.get('name')}`" for w in weights) if len(weights) <= 4 else "",
+        )
+        for reason, weights in sorted(grouped.items())
+    ]
+
+
+def _expert_rows(experts: Mapping[str, Mapping[str, list]]) -> list[tuple[str, int, str, int]]:
+    """One row per experts module: (module, experts, routed tokens min / median / max, experts on all tokens)."""
+    rows = []
+    for module, summary in experts.items():
+        tokens = sorted(int(t) for t in summary.get("tokens") or [])
+        if not tokens:
+            continue
+        spread = f"{tokens[0]} / {tokens[len(tokens) // 2]} / {tokens[-1]}"
+        rows.append((module, len(tokens), spread, sum(1 for s in summary.get("statistics") or [] if s == "all")))
+    return rows
+
+
+def _template_context(publication: Publication, checkpoint: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The values :data:`TEMPLATE` lays out; the wording lives in the template."""
+    report = publication.report
+    config = dict(publication.config or {})
+    method = report.get("method") or config.get("method") or "unknown"
+    calibration = dict(report.get("calibration") or {})
+    scalars = {k: v for k, v in calibration.items() if k not in _NESTED_KEYS}
+    first = ("source", "format", "num_samples", "seq_len", "seed", "shots", "token_sha256", "hash")
+    return {
+        "start_marker": START_MARKER,
+        "end_marker": END_MARKER,
+        "report": report,
+        "model_label": publication.model_label,
+        "method": method,
+        "pattern": report.get("pattern") or config.get("pattern") or "unknown",
+        "execution": _execution_line(report.get("execution")),
+        "checkpoint": dict(checkpoint) if checkpoint else None,
+        "block_rows": _block_rows(report) if not report.get("structure") else [],
+        "structure_intro": structure_intro(report, publication.model_label, method),
+        "structure_section": "\n".join(structure_lines(report)),
+        "dense_rows": _dense_rows(report.get("dense_weights") or []),
+        "expert_rows": _expert_rows(report.get("experts") or {}),
+        "calibration": calibration,
+        "calibration_rows": _scalar_items(scalars, first) if calibration else [],
+        "source_rows": _source_rows(calibration),
+        "calibration_datasets": calibration_dataset_ids(calibration) if calibration else [],
+        "local_files": publication.local_files,
+        "evaluation_rows": evaluation_rows(report.get("evaluation")),
+        "command": publication.command,
+        "reproduce_model": publication.base_model or "<base model>",
+        "config_json": json.dumps(config, indent=2, sort_keys=True, default=str) if config else None,
+        "versions": report.get("versions") or {},
+        "citations": _citations(method, report.get("allocation") or config.get("allocation")),
+        "pct": _pct,
+        "fmt": _fmt,
+        "number": _number,
+    }
+
+
+def _section_of(card: ModelCard) -> str:
+    match = _SECTION_RE.search(card.text)
+    if match is None:  # pragma: no cover - the shipped template always holds both markers
+        raise ValueError(f"{TEMPLATE} lost its {START_MARKER!r} / {END_MARKER!r} markers.")
+    return match.group(0)
 
 
 def merge_model_card(existing: str | None, data: ModelCardData, section: str) -> ModelCard:
@@ -482,6 +495,42 @@ def merge_model_card(existing: str | None, data: ModelCardData, section: str) ->
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{text if text.startswith(chr(10)) else chr(10) + text}")
 
 
+def render_model_card(
+    publication: Publication,
+    *,
+    license: str | None = None,
+    model_name: str | None = None,
+    checkpoint: Mapping[str, Any] | None = None,
+    existing: str | None = None,
+) -> ModelCard:
+    """Render :data:`TEMPLATE` for a :class:`~hf_calibprune.hub.publication.Publication` (merged into ``existing``).
+
+    Args:
+        publication (`Publication`): the published report, config and command, and how to name the model.
+        license (`str`, *optional*): license identifier for the metadata.
+        model_name (`str`, *optional*): name used in the model-index.
+        checkpoint (`dict`, *optional*): ``{"format", "size_ratio", "weights_bytes"}`` of the saved files.
+        existing (`str`, *optional*): text of a README to merge into.
+
+    Returns:
+        :class:`huggingface_hub.ModelCard`
+    """
+    from huggingface_hub import ModelCard
+
+    data = card_metadata(
+        publication.report,
+        base_model=publication.base_model,
+        license=license,
+        model_name=model_name,
+        checkpoint_format=(checkpoint or {}).get("format"),
+    )
+    rendered = ModelCard.from_template(data, template_path=str(TEMPLATE), **_template_context(publication, checkpoint))
+    card = ModelCard(rendered.content.rstrip("\n") + "\n")
+    if not existing or not existing.strip():
+        return card
+    return merge_model_card(existing, data, _section_of(card))
+
+
 def build_model_card(
     report: Any,
     config: Any = None,
@@ -495,11 +544,15 @@ def build_model_card(
 ) -> ModelCard:
     """Build (or update) the model card of a pruned checkpoint.
 
+    Local paths in ``report``, ``config`` and ``command`` are published as file names (see
+    :mod:`hf_calibprune.hub.publication`).
+
     Args:
         report (`PruningReport` or `dict`): what pruning measured; every number in the card comes from it.
         config (`PruningConfig` or `dict`, *optional*): the config, shown for reproduction.
-        base_model (`str`, *optional*): Hub id of the model that was pruned (a local path is left out of the
-            metadata). Its license is carried over when its card can be read offline and ``license`` is not given.
+        base_model (`str`, *optional*): Hub id of the model that was pruned; a local directory is named "a local
+            model" with the sha256 of its ``config.json``, or by the Hub id in that config. Its license is carried
+            over when its card can be read offline and ``license`` is not given.
         license (`str`, *optional*): license identifier for the metadata.
         model_name (`str`, *optional*): name used in the model-index.
         checkpoint (`dict`, *optional*): ``{"format", "size_ratio", "weights_bytes"}`` of the saved files.
@@ -509,16 +562,9 @@ def build_model_card(
     Returns:
         :class:`huggingface_hub.ModelCard`
     """
-    report_dict = _as_dict(report)
-    config_dict = _as_dict(config) if config is not None else {}
     if license is None:
         license = base_model_license(base_model)
-    data = card_metadata(
-        report_dict,
-        base_model=base_model,
-        license=license,
-        model_name=model_name,
-        checkpoint_format=(checkpoint or {}).get("format"),
+    publication = prepare_publication(
+        _as_dict(report), _as_dict(config) if config is not None else None, command=command, base_model=base_model
     )
-    section = card_section(report_dict, config_dict, base_model=base_model, checkpoint=checkpoint, command=command)
-    return merge_model_card(existing, data, section)
+    return render_model_card(publication, license=license, model_name=model_name, checkpoint=checkpoint, existing=existing)

@@ -104,11 +104,36 @@ def _n_m(pattern: Any) -> tuple[int, int] | None:
     return None
 
 
-def compact_directory(directory: str | os.PathLike, report: dict[str, Any] | None = None) -> dict[str, Any]:
+def _fused_expert_keys(model: Any, pruned: set[str] | None) -> set[str]:
+    """Saved keys of the model's fused expert parameters that were pruned (every one without a report)."""
+    from ..errors import ModelStructureError
+    from ..integrations.transformers_plugin import checkpoint_keys
+    from ..models import find_decoder_layout, find_fused_experts, fused_parameter_of
+
+    try:
+        layout = find_decoder_layout(model)
+    except ModelStructureError:
+        return set()
+    parameters = [
+        f"{layout.block_name(index)}.{fused.name}.{parameter}"
+        for index, block in enumerate(layout.blocks)
+        for fused in find_fused_experts(block)
+        for parameter in fused.parameters
+    ]
+    if pruned is not None:
+        listed = {fused_parameter_of(name) for name in pruned}
+        parameters = [name for name in parameters if name in listed]
+    return checkpoint_keys(model, parameters)
+
+
+def compact_directory(
+    directory: str | os.PathLike, report: dict[str, Any] | None = None, expert_keys: set[str] = frozenset()
+) -> dict[str, Any]:
     """Rewrite the safetensors files of a dense checkpoint in ``directory`` into the compact layout, in place.
 
     Candidates are the ``*.weight`` tensors of the Linears the report lists (all ``*.weight`` tensors without a
-    report); each is stored compactly only when that is smaller (see :func:`~hf_calibprune.hub.compact.encode_weight`).
+    report) and the ``expert_keys`` (saved keys of pruned fused expert parameters, 3-D or split per expert); each
+    is stored compactly only when that is smaller (see :func:`~hf_calibprune.hub.compact.encode_weight`).
 
     Returns:
         `dict`: ``weights_bytes``, ``dense_weights_bytes``, ``size_ratio`` (whole checkpoint),
@@ -133,7 +158,8 @@ def compact_directory(directory: str | os.PathLike, report: dict[str, Any] | Non
             metadata = handle.metadata() or {}
             for key in handle.keys():
                 tensor = handle.get_tensor(key)
-                encoded = encode_weight(tensor, n_m) if _is_candidate(key, pruned) and tensor.dim() == 2 else None
+                candidate = (_is_candidate(key, pruned) and tensor.dim() == 2) or key in expert_keys
+                encoded = encode_weight(tensor, n_m) if candidate else None
                 if encoded is None:
                     tensors[key] = tensor
                     total_tensor_bytes += tensor.numel() * tensor.element_size()
@@ -219,7 +245,7 @@ class CompactFormat:
 
     def write(self, model: Any, directory: Path, *, max_shard_size: int | str, report: dict | None = None, **kwargs: Any) -> dict[str, Any]:
         DenseFormat().write(model, directory, max_shard_size=max_shard_size, report=report, **kwargs)
-        stats = compact_directory(directory, report)
+        stats = compact_directory(directory, report, _fused_expert_keys(model, _pruned_keys(report)))
         _, index = weight_files(directory)
         weights_file = index.name if index is not None else SAFE_WEIGHTS_NAME
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import CalibPruneError, CheckpointError
 from .card import END_MARKER, START_MARKER, merge_model_card
+from .publication import check_publishable
 from .saving import CARD_FILE, save_sparse
 
 __all__ = ["push_to_hub", "commit_message_for"]
@@ -114,8 +115,10 @@ def push_to_hub(
         `huggingface_hub.CommitInfo`
 
     Raises:
-        :class:`~hf_calibprune.errors.CheckpointError`: the folder is not a checkpoint, or creating the repository or
-            uploading failed (the message names the intact local folder and the command that retries).
+        :class:`~hf_calibprune.errors.CheckpointError`: the folder is not a checkpoint; a file to upload (or the README
+            merged with the one on the Hub) holds a private path, such as a calibration file's absolute path or the
+            user's home (the message names the file and the string; nothing is uploaded); or creating the
+            repository or uploading failed (the message names the intact local folder and the command that retries).
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
@@ -126,7 +129,13 @@ def push_to_hub(
             raise CheckpointError(f"'{folder}' is not a saved checkpoint (no config.json); save it with save_sparse first.")
     else:
         temporary = Path(tempfile.mkdtemp(prefix="hf_calibprune-push-"))
-        folder = save_sparse(model_or_dir, temporary / "checkpoint", format=format, tokenizer=tokenizer, **save_kwargs)
+        try:
+            folder = save_sparse(model_or_dir, temporary / "checkpoint", format=format, tokenizer=tokenizer, **save_kwargs)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+    files = _files(folder)
+    check_publishable(folder, files=files)  # before anything is created on the Hub
     message = commit_message or commit_message_for(folder)
     api = HfApi(token=token)
     retry = f"hf-calibprune push {folder} {repo_id}" + (" --private" if private else "")
@@ -134,15 +143,17 @@ def push_to_hub(
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
         repo_id = getattr(repo_url, "repo_id", None) or repo_id
         readme = _merged_readme(api, repo_id, folder, revision)
+        if readme is not None:
+            check_publishable(folder, files=[folder / CARD_FILE], replaced={CARD_FILE: readme})
         operations = []
-        for path in _files(folder):
+        for path in files:
             relative = path.relative_to(folder).as_posix()
             content: Any = readme if relative == CARD_FILE and readme is not None else str(path)
             operations.append(CommitOperationAdd(path_in_repo=relative, path_or_fileobj=content))
         info = api.create_commit(
             repo_id, operations, commit_message=message, revision=revision, create_pr=create_pr
         )
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, CheckpointError):
         raise
     except Exception as error:  # noqa: BLE001 - every Hub/network failure gets the same retry advice
         raise CheckpointError(

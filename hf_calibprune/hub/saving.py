@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
 from .atomic import atomic_directory
-from .card import build_model_card
+from .card import base_model_license, render_model_card
 from .formats import FORMATS
+from .publication import check_publishable, prepare_publication
 
 __all__ = ["save_sparse", "CONFIG_FILE", "REPORT_FILE", "CARD_FILE"]
 
@@ -38,14 +38,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
 
 
-def _base_model(model: Any, report: dict[str, Any] | None) -> str | None:
-    name = getattr(getattr(model, "config", None), "name_or_path", None) or None
-    if isinstance(name, str) and name and not os.path.isdir(name) and re.match(r"^[\w.-]+/[\w.-]+$", name):
-        return name
-    for key in ("base_model", "model"):
-        value = (report or {}).get(key)
-        if isinstance(value, str) and value:
-            return value
+def _model_dir(model: Any) -> str | None:
+    """Where the model was loaded from (a local directory or a Hub id), as transformers recorded it."""
+    name = getattr(getattr(model, "config", None), "name_or_path", None)
     return name if isinstance(name, str) and name else None
 
 
@@ -78,6 +73,12 @@ def save_sparse(
     is written to a temporary sibling directory that is renamed into place at the end, so an interrupted save
     leaves an existing ``save_directory`` untouched.
 
+    What is written is meant for publication: local files are named by their file name, with size and sha256
+    (``local_files`` in the report and the card), and the model's local directory by ``base_model``, by the Hub id
+    in its ``config.json``, or as "a local model" with the sha256 of that file. Before the directory is renamed
+    into place, every file is searched for the absolute paths of the model directory, the calibration files and
+    data directories and the user's home (:func:`~hf_calibprune.hub.publication.check_publishable`).
+
     Args:
         model (`PreTrainedModel`): the (pruned) model.
         save_directory (`str` or `os.PathLike`): where to save; must be absent or empty unless ``overwrite``.
@@ -99,7 +100,8 @@ def save_sparse(
 
     Raises:
         :class:`~hf_calibprune.errors.CheckpointError`: unknown ``format``, a non-empty target without
-            ``overwrite``, an unwritable location, or a quantized model.
+            ``overwrite``, an unwritable location, a quantized model, or a file that would publish a private path
+            (e.g. an existing README merged with ``overwrite=True`` that names one; the message names the file).
     """
     card_kwargs = {key: kwargs.pop(key) for key in _CARD_KWARGS if key in kwargs}
     writer = FORMATS.get(FORMATS.check(format))()
@@ -115,24 +117,27 @@ def save_sparse(
     target = Path(save_directory)
     existing_card = target / CARD_FILE
     existing = existing_card.read_text(encoding="utf-8") if overwrite and existing_card.is_file() else None
+    model_dir = _model_dir(model)
+    base_model = card_kwargs.pop("base_model", None)
+    license = card_kwargs.pop("license", None) or base_model_license(base_model or model_dir)
+    publication = prepare_publication(
+        report if report is not None else _measured_report(model),
+        config,
+        command=card_kwargs.pop("command", None),
+        base_model=base_model,
+        model_dir=model_dir,
+    )
     with atomic_directory(target, overwrite=overwrite) as tmp:
         checkpoint = writer.write(model, tmp, max_shard_size=max_shard_size, report=report, **kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if config is not None:
-            _write_json(tmp / CONFIG_FILE, config)
+        if publication.config is not None:
+            _write_json(tmp / CONFIG_FILE, publication.config)
         if report is not None:
-            _write_json(tmp / REPORT_FILE, report)
-        base_model = card_kwargs.pop("base_model", None) or _base_model(model, report)
-        card = build_model_card(
-            report if report is not None else _measured_report(model),
-            config,
-            base_model=base_model,
-            checkpoint=checkpoint,
-            existing=existing,
-            **card_kwargs,
-        )
+            _write_json(tmp / REPORT_FILE, publication.report)
+        card = render_model_card(publication, license=license, checkpoint=checkpoint, existing=existing, **card_kwargs)
         card.save(tmp / CARD_FILE)
+        check_publishable(tmp, publication.private, shown_as=target)
     logger.info(
         "Saved a %s checkpoint to %s (%d bytes of weights, %.3fx the dense size).",
         checkpoint["format"],

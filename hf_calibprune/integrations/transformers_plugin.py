@@ -12,6 +12,11 @@ transformers' quantizer registry (``register_quantization_config`` / ``register_
   :mod:`hf_calibprune.hub.compact`): a load operation rebuilds each dense weight from its bitmask / N:M
   companions while the weights stream in, so device maps and offloading work as for any checkpoint.
 
+Fused Mixture-of-Experts parameters (``experts.gate_up_proj``) are compact under their own names (gpt-oss
+saves them fused) or, where transformers splits them per expert on save (Mixtral: ``experts.0.w1.weight``), as
+those per-expert weights, which the model's own converter merges after decompression; :func:`checkpoint_keys`
+says which saved keys a parameter becomes.
+
 Either way the model ends as a plain transformers model: the quantizer removes ``quantization_config``,
 ``hf_quantizer`` and ``is_quantized`` when it is done, so Trainer trains it and ``save_pretrained`` writes a
 plain checkpoint. Registration runs once, when ``hf_calibprune`` is imported, and changes nothing else in
@@ -34,12 +39,34 @@ from ..errors import CalibPruneError, CheckpointError
 from ..hub import compact
 from ..hub.formats import COMPACT_VERSION, QUANT_METHOD
 
-__all__ = ["CompactSparseConfig", "CalibPruneQuantizer", "SparseDecompress", "register", "QUANT_METHOD"]
+__all__ = ["CompactSparseConfig", "CalibPruneQuantizer", "SparseDecompress", "checkpoint_keys", "register", "QUANT_METHOD"]
 
 logger = logging.getLogger(__name__)
 
 _WEIGHT = "weight"
-_SERIALIZED = [_WEIGHT] + [_WEIGHT + suffix for suffix in compact.SUFFIXES]
+
+
+def _serialized(parameter: str) -> list[str]:
+    return [parameter] + [parameter + suffix for suffix in compact.SUFFIXES]
+
+
+def checkpoint_keys(model: Any, parameters: list[str]) -> set[str]:
+    """The keys ``model.save_pretrained`` writes for the named parameters.
+
+    transformers 5 reverts its load-time weight conversions on save, so a fused ``experts.gate_up_proj`` of
+    Mixtral is written as per-expert ``block_sparse_moe.experts.{i}.w1.weight`` and ``w3.weight``; gpt-oss keeps
+    it fused. The conversion is run on ``meta`` tensors of the parameters' shapes (no data is read).
+    """
+    from transformers.core_model_loading import revert_weight_conversion
+
+    placeholders = {}
+    for name in parameters:
+        try:
+            value = model.get_parameter(name)
+        except AttributeError:
+            continue
+        placeholders[name] = torch.empty(value.shape, dtype=value.dtype, device="meta")
+    return set(revert_weight_conversion(model, placeholders)) if placeholders else set()
 
 
 class CompactSparseConfig(QuantizationConfigMixin):
@@ -128,9 +155,10 @@ class SparseDecompress(ConversionOps):
                 ]
             tensors = [t if dtype is None or not t.is_floating_point() else t.to(dtype) for t in tensors]
             out[base] = tensors
-        if set(out) == {_WEIGHT} and full_layer_name is not None:
+        if len(out) == 1 and full_layer_name is not None and full_layer_name.endswith("." + next(iter(out))):
             # The quantizer's own converter: name the result after the parameter it fills.
-            return {full_layer_name: out[_WEIGHT][0] if len(out[_WEIGHT]) == 1 else out[_WEIGHT]}
+            (tensors,) = out.values()
+            return {full_layer_name: tensors[0] if len(tensors) == 1 else tensors}
         return out
 
     @property
@@ -139,8 +167,9 @@ class SparseDecompress(ConversionOps):
         return _IdentityOp()
 
 
-def _check_compact_files(checkpoint_files: list[str] | None) -> None:
-    """Check that every compact tensor has consistent companions, before any weight is loaded.
+def _check_compact_files(checkpoint_files: list[str] | None) -> set[str]:
+    """Check that every compact tensor has consistent companions, before any weight is loaded; return the
+    parameter names (the last component of each key: ``weight``, ``gate_up_proj``) stored compact.
 
     The safetensors headers, the tiny shape records and the bitmasks (an eighth of a byte per weight) are read:
     a bitmask whose count of set bits disagrees with its stored values is refused here, since transformers would
@@ -148,6 +177,7 @@ def _check_compact_files(checkpoint_files: list[str] | None) -> None:
     """
     from safetensors import safe_open
 
+    parameters: set[str] = set()
     for path in checkpoint_files or []:
         if not str(path).endswith(".safetensors"):
             continue
@@ -159,6 +189,7 @@ def _check_compact_files(checkpoint_files: list[str] | None) -> None:
                 split = compact.split_companion_key(key)
                 if split is not None:
                     groups.setdefault(split[0], set()).add(split[1])
+            parameters.update(base.rpartition(".")[2] for base in groups)
             for base, suffixes in groups.items():
                 if compact.BITMASK not in suffixes and compact.NM_INDICES not in suffixes:
                     raise CheckpointError(
@@ -204,6 +235,7 @@ def _check_compact_files(checkpoint_files: list[str] | None) -> None:
                         f"Compact tensor '{base}' in {name}: its {layout.strip('_')} or values do not match its "
                         f"shape {shape}; the checkpoint is corrupted or mixes files of different saves. Re-save it."
                     )
+    return parameters
 
 
 class CalibPruneQuantizer(HfQuantizer):
@@ -214,7 +246,7 @@ class CalibPruneQuantizer(HfQuantizer):
     """
 
     requires_calibration = False
-    serialized_names = {_WEIGHT: _SERIALIZED}
+    serialized_names = {_WEIGHT: _serialized(_WEIGHT)}
 
     def __init__(self, quantization_config: Any, **kwargs: Any) -> None:
         super().__init__(quantization_config, **kwargs)
@@ -244,7 +276,11 @@ class CalibPruneQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model: Any, checkpoint_files: list[str] | None = None, **kwargs: Any):
         if self.decompress:
-            _check_compact_files(checkpoint_files)
+            # Parameters other than `weight` stored compact (fused experts, e.g. gpt-oss `gate_up_proj`) get their own
+            # converter; transformers builds the converters after this call.
+            self.serialized_names = {
+                parameter: _serialized(parameter) for parameter in {_WEIGHT, *_check_compact_files(checkpoint_files)}
+            }
         return model
 
     def postprocess_model(self, model: Any, **kwargs: Any) -> Any:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .base import PruneResult, PruningMethod, StatisticsNeed
+from .base import MASK_PATTERNS, PruneResult, PruningMethod, StatisticsNeed
 
-__all__ = ["METHODS", "PruneResult", "PruningMethod", "StatisticsNeed", "build_method"]
+__all__ = ["MASK_PATTERNS", "METHODS", "PruneResult", "PruningMethod", "StatisticsNeed", "build_method"]
 
 METHODS: Registry[type[PruningMethod]] = Registry(
     "pruning method",
@@ -15,6 +15,9 @@ METHODS: Registry[type[PruningMethod]] = Registry(
         "wanda": "hf_calibprune.methods.wanda:Wanda",
         "sparsegpt": "hf_calibprune.methods.sparsegpt:SparseGPT",
         "ria": "hf_calibprune.methods.ria:RIA",
+        "flap": "hf_calibprune.structured.flap:FLAP",
+        "block-influence": "hf_calibprune.structured.blocks:BlockInfluence",
+        "block-perplexity": "hf_calibprune.structured.blocks:BlockPerplexity",
     },
     error=ConfigError,
 )

@@ -11,7 +11,10 @@ import torch
 from ..registry import options_from_dict
 from ..sparsity import InputStatistics, SparsityPattern
 
-__all__ = ["PruningMethod", "PruneResult", "StatisticsNeed"]
+__all__ = ["MASK_PATTERNS", "PruningMethod", "PruneResult", "StatisticsNeed"]
+
+#: Pattern kinds that zero weights in place (``"N:M"`` stands for every N:M pattern).
+MASK_PATTERNS = ("unstructured", "N:M")
 
 #: What a method needs from calibration: nothing, per-channel input norms, or the full Gram matrix.
 StatisticsNeed = Literal["none", "norms", "hessian"]
@@ -36,12 +39,17 @@ class PruningMethod(ABC):
     """A pruning method: an ``Options`` dataclass, the statistics it needs, and ``prune``.
 
     Subclasses set ``name``, ``Options`` and ``needs``; the engine gathers the statistics and calls
-    :meth:`prune` once per Linear with its weight in float32 as ``[out_features, in_features]``.
+    :meth:`prune` once per Linear with its weight in float32 as ``[out_features, in_features]``. A method that
+    also scores whole input channels for structured pruning (``pattern="channels"``) lists ``"channels"`` in
+    ``patterns`` and implements :meth:`channel_scores`.
     """
 
     name: ClassVar[str]
     Options: ClassVar[type]
     needs: ClassVar[StatisticsNeed] = "norms"
+    #: Pattern kinds this method prunes: mask patterns (``"unstructured"``, ``"N:M"``) and/or structures
+    #: (``"channels"``, ``"blocks"``).
+    patterns: ClassVar[tuple[str, ...]] = MASK_PATTERNS
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -56,3 +64,10 @@ class PruningMethod(ABC):
         self, weight: torch.Tensor, stats: InputStatistics | None, sparsity: float, pattern: SparsityPattern
     ) -> PruneResult:
         """Prune ``weight`` to ``sparsity`` under ``pattern`` using calibration ``stats``."""
+
+    def channel_scores(self, weight: torch.Tensor, stats: InputStatistics | None) -> torch.Tensor:
+        """Importance of each input channel of ``weight`` (``[out, in]``) as a whole, ``[in]`` (structured pruning).
+
+        Only methods listing ``"channels"`` in ``patterns`` implement it.
+        """
+        raise NotImplementedError(f"method '{self.name}' does not score whole channels.")

@@ -27,9 +27,14 @@ class Magnitude(PruningMethod):
     name = "magnitude"
     Options = MagnitudeOptions
     needs = "none"
+    patterns = ("unstructured", "N:M", "channels")
 
     def prune(
         self, weight: torch.Tensor, stats: InputStatistics | None, sparsity: float, pattern: SparsityPattern
     ) -> PruneResult:
         mask = prune_mask_from_scores(weight.abs(), sparsity, pattern, scope=self.options.scope)
         return PruneResult(weight.masked_fill(mask, 0), mask)
+
+    def channel_scores(self, weight: torch.Tensor, stats: InputStatistics | None) -> torch.Tensor:
+        """The L1 norm of each input column."""
+        return weight.abs().sum(dim=0)

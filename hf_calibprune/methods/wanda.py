@@ -26,9 +26,14 @@ class Wanda(PruningMethod):
     name = "wanda"
     Options = WandaOptions
     needs = "norms"
+    patterns = ("unstructured", "N:M", "channels")
 
     def prune(
         self, weight: torch.Tensor, stats: InputStatistics | None, sparsity: float, pattern: SparsityPattern
     ) -> PruneResult:
         mask = prune_mask_from_scores(wanda_scores(weight, stats.norms), sparsity, pattern, scope="row")
         return PruneResult(weight.masked_fill(mask, 0), mask)
+
+    def channel_scores(self, weight: torch.Tensor, stats: InputStatistics | None) -> torch.Tensor:
+        """Wanda-sp (as in FLAP's baseline): the Wanda scores of each input column, summed."""
+        return wanda_scores(weight, stats.norms).sum(dim=0)

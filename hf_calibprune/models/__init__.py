@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .experts import ExpertMatrix, FusedExperts, MoeBlock, find_fused_experts, find_moe_blocks
+from .experts import ExpertMatrix, FusedExperts, MoeBlock, find_fused_experts, find_moe_blocks, fused_parameter_of
 from .layout import (
     DecoderLayout,
     check_decoder_only,
@@ -20,6 +20,7 @@ __all__ = [
     "MoeBlock",
     "find_fused_experts",
     "find_moe_blocks",
+    "fused_parameter_of",
     "check_decoder_only",
     "find_decoder_layout",
     "find_prunable_linears",

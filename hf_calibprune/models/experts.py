@@ -20,7 +20,7 @@ from torch import nn
 
 from .layout import is_prunable_linear
 
-__all__ = ["ExpertMatrix", "FusedExperts", "MoeBlock", "find_fused_experts", "find_moe_blocks"]
+__all__ = ["ExpertMatrix", "FusedExperts", "MoeBlock", "find_fused_experts", "find_moe_blocks", "fused_parameter_of"]
 
 _FUSED_PARAMETER_SUFFIX = "_proj"
 
@@ -61,6 +61,13 @@ class ExpertMatrix:
         """This matrix as ``[out, in]``, a view into the whole 3-D parameter value ``stored``."""
         matrix = stored[self.expert]
         return (matrix.t() if self.transposed else matrix)[self.rows]
+
+
+def fused_parameter_of(name: str) -> str | None:
+    """The fused parameter an :attr:`ExpertMatrix.name` (with any prefix) lies in, ``None`` for any other name:
+    ``"model.layers.0.mlp.experts.gate_up_proj[3].gate"`` -> ``"model.layers.0.mlp.experts.gate_up_proj"``."""
+    head, bracket, _ = name.partition("[")
+    return head if bracket else None
 
 
 @dataclass(frozen=True)

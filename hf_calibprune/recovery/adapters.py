@@ -42,6 +42,19 @@ def _uses_conv1d(model: nn.Module, names: list[str]) -> bool:
     return any(isinstance(prunable[name], Conv1D) for name in names if name in prunable)
 
 
+def _adapted_modules(masks: Mapping[str, torch.Tensor], model: nn.Module) -> list[str]:
+    """The masked Linear / ``Conv1D`` modules an adapter targets. Fused expert parameters are not modules: they
+    stay frozen under the adapter, so their zeros cannot move."""
+    prunable = _named_prunable(model)
+    names = sorted(name for name in masks if name in prunable)
+    if not names:
+        raise ConfigError(
+            "No pruned Linear modules to adapt: `masks` is empty or holds fused expert parameters only. Prune the "
+            "model first or pass its masks; without Linear masks train without an adapter."
+        )
+    return names
+
+
 def lora_config_for_masks(
     masks: Mapping[str, torch.Tensor],
     model: nn.Module,
@@ -63,9 +76,7 @@ def lora_config_for_masks(
     """
     from peft import LoraConfig
 
-    if not masks:
-        raise ConfigError("No pruned modules to adapt: `masks` is empty. Prune the model first or pass its masks.")
-    names = sorted(masks)
+    names = _adapted_modules(masks, model)
     return LoraConfig(
         r=r,
         lora_alpha=2 * r if lora_alpha is None else lora_alpha,
@@ -155,9 +166,7 @@ def shira_config_for_masks(
     """
     from peft import ShiraConfig
 
-    if not masks:
-        raise ConfigError("No pruned modules to adapt: `masks` is empty. Prune the model first or pass its masks.")
-    names = sorted(masks)
+    names = _adapted_modules(masks, model)
     if _uses_conv1d(model, names):
         raise ModelStructureError(
             "peft's SHiRA supports nn.Linear only, and this model's pruned layers are GPT-2 Conv1D; use LoRA "

@@ -13,7 +13,8 @@ import torch
 
 from .._io import read_json
 from ..errors import CheckpointError, SparsityMaskError
-from .masks import extract_masks
+from ..integrations.transformers_plugin import checkpoint_keys
+from .masks import extract_masks, full_masks, is_structurally_pruned, masked_parameter_names
 from .train import RecoveryRecord, recover
 
 __all__ = ["recover_checkpoint", "check_zeros_kept", "CARRIED_FILES"]
@@ -144,7 +145,7 @@ def recover_checkpoint(
 
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
-    masks = extract_masks(model, report=report)
+    masks = full_masks(model) if is_structurally_pruned(report) else extract_masks(model, report=report)
     if not masks:
         logger.warning("'%s' has no pruned weights (no exact zeros in its decoder Linears).", source)
     model = recover(model, tokenizer, data, steps, masks=masks, **recover_kwargs)
@@ -157,7 +158,8 @@ def recover_checkpoint(
     _save(model, tokenizer, target, overwrite, config, report)
 
     lost = check_zeros_kept(source, target)
-    masked_lost = {name: count for name, count in lost.items() if name.removesuffix(".weight") in masks}
+    masked = checkpoint_keys(model, masked_parameter_names(model, masks))  # Mixtral saves experts per expert
+    masked_lost = {name: count for name, count in lost.items() if name in masked}
     if masked_lost:
         raise SparsityMaskError(
             f"The written checkpoint lost zeros of pruned weights: {json.dumps(masked_lost)[:300]}. This is a bug; "

@@ -1,10 +1,12 @@
 """Sparsity masks of a pruned model: find them, keep them through training, check them.
 
-A mask is a ``torch.BoolTensor`` with the shape of the module's ``weight`` parameter (so ``[out, in]`` for
-``nn.Linear`` and ``[in, out]`` for GPT-2's ``Conv1D``), ``True`` where the weight is kept and ``False`` where it
-was pruned. Masks are keyed by the module's name in the *base* model (``model.layers.0.mlp.up_proj``); names of a
-peft-wrapped model (``base_model.model.<name>.base_layer``) or of a DDP-wrapped one (``module.<name>``) resolve
-to the same keys, so one mask dict serves the model before, during and after adapter training.
+A mask is a ``torch.BoolTensor`` with the shape of the weight it masks, ``True`` where the weight is kept and
+``False`` where it was pruned. A Linear's mask has the shape of its ``weight`` (``[out, in]`` for ``nn.Linear``,
+``[in, out]`` for GPT-2's ``Conv1D``) and is keyed by the module's name in the *base* model
+(``model.layers.0.mlp.up_proj``); a fused Mixture-of-Experts parameter's mask has its 3-D shape and is keyed by
+the parameter's name (``model.layers.0.mlp.experts.gate_up_proj``). Names of a peft-wrapped model
+(``base_model.model.<name>.base_layer``) or of a DDP-wrapped one (``module.<name>``) resolve to the same keys, so
+one mask dict serves the model before, during and after adapter training.
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ import torch
 from torch import nn
 
 from ..errors import ModelStructureError, SparsityMaskError
-from ..models import find_decoder_layout, is_prunable_linear
+from ..models import find_decoder_layout, find_fused_experts, fused_parameter_of, is_prunable_linear
 from ..registry import suggest
 
 __all__ = [
     "SparsityKeeper",
     "MaskViolation",
     "extract_masks",
+    "full_masks",
+    "is_structurally_pruned",
     "apply_masks",
     "check_masks",
     "masks_sparsity",
+    "masked_parameter_names",
     "measured_sparsity",
     "normalize_module_name",
 ]
@@ -104,57 +109,107 @@ def _named_prunable(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
+def _named_fused(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Fused expert parameters (3-D ``[num_experts, ...]``) of the decoder blocks, keyed by normalized name."""
+    try:
+        layout = find_decoder_layout(model)
+    except ModelStructureError:
+        return {}
+    found = {}
+    for prefix, block in zip(_decoder_block_prefixes(model), layout.blocks):
+        for fused in find_fused_experts(block):
+            for parameter in fused.parameters:
+                found[normalize_module_name(f"{prefix}.{fused.name}.{parameter}")] = getattr(fused.module, parameter)
+    return found
+
+
+def _named_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every maskable weight: prunable Linear weights by module name, fused expert parameters by their own name."""
+    weights = {name: module.weight for name, module in _named_prunable(model).items()}
+    weights.update(_named_fused(model))
+    return weights
+
+
+def masked_parameter_names(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[str]:
+    """The base model's parameter names that ``masks`` mask (``<module>.weight`` for a Linear, the parameter's own
+    name for fused experts)."""
+    linears = _named_prunable(model)
+    return [f"{name}.weight" if name in linears else name for name in masks]
+
+
 def extract_masks(
     model: nn.Module, modules: Iterable[str] | None = None, *, report: Any = None
 ) -> dict[str, torch.BoolTensor]:
-    """Read the sparsity masks of the pruned 2-D weights of a model.
+    """Read the sparsity masks of the pruned weights of a model.
 
-    A weight counts as pruned when it is an ``nn.Linear`` / ``Conv1D`` weight inside a decoder block, it holds at
-    least one exact zero, and, when the model carries a ``pruning_report`` (set by
-    :class:`~hf_calibprune.CalibratedPruner`), the report lists it. Weights that were never pruned get no mask and
-    stay free to train.
+    A weight counts as pruned when it is an ``nn.Linear`` / ``Conv1D`` weight or a fused Mixture-of-Experts
+    parameter (``experts.gate_up_proj``, ``experts.down_proj``) inside a decoder block, it holds at least one exact
+    zero, and, when the model carries a ``pruning_report`` (set by :class:`~hf_calibprune.CalibratedPruner`), the
+    report lists it (a fused parameter is listed through its experts' matrices, ``experts.gate_up_proj[3].gate``).
+    Weights that were never pruned get no mask and stay free to train.
 
     Args:
         model (`torch.nn.Module`):
             The pruned model; a peft- or DDP-wrapped model works too (names are normalized).
         modules (`Iterable[str]`, *optional*):
-            Restrict the masks to these module names (base-model names such as ``model.layers.0.mlp.up_proj``).
-            Each must name a prunable 2-D module; the decoder-block and report filters do not apply to them.
+            Restrict the masks to these names (base-model names: modules such as ``model.layers.0.mlp.up_proj``,
+            fused expert parameters such as ``model.layers.0.mlp.experts.down_proj``). Each must name a prunable
+            weight; the decoder-block and report filters do not apply to them.
         report (`PruningReport` or `dict`, *optional*):
-            The pruning report (object or its JSON dict) whose ``layers`` name the pruned modules; defaults to
+            The pruning report (object or its JSON dict) whose ``layers`` name the pruned weights; defaults to
             ``model.pruning_report`` when the model has one.
 
     Returns:
-        `dict[str, torch.BoolTensor]`: module name → mask (``True`` = kept), on the weight's device.
+        `dict[str, torch.BoolTensor]`: name → mask (``True`` = kept), on the weight's device.
     """
-    prunable = _named_prunable(model)
+    weights = _named_weights(model)
     if modules is not None:
         selected = {}
         for name in modules:
             key = normalize_module_name(name)
-            if key not in prunable:
+            if key not in weights:
                 raise ModelStructureError(
-                    f"'{name}' is not a Linear/Conv1D module of this model.{suggest(key, list(prunable))} "
-                    "Pass names as printed by `model.named_modules()` on the unwrapped model."
+                    f"'{name}' is not a Linear/Conv1D module or fused experts parameter of this model."
+                    f"{suggest(key, list(weights))} Pass names as printed by `model.named_modules()` (or "
+                    "`named_parameters()` for fused experts) on the unwrapped model."
                 )
-            selected[key] = prunable[key]
+            selected[key] = weights[key]
     else:
         blocks = _decoder_block_prefixes(model)
         listed = _report_layer_names(report if report is not None else getattr(model, "pruning_report", None))
+        if listed is not None:
+            listed = listed + [parameter for parameter in map(fused_parameter_of, listed) if parameter is not None]
         selected = {
-            name: module
-            for name, module in prunable.items()
+            name: weight
+            for name, weight in weights.items()
             if any(name.startswith(block + ".") for block in blocks) and (listed is None or _listed(name, listed))
         }
     masks: dict[str, torch.BoolTensor] = {}
-    for name, module in selected.items():
+    for name, weight in selected.items():
         with torch.no_grad():
-            mask = module.weight.detach() != 0
+            mask = weight.detach() != 0
         if modules is None and bool(mask.all()):
             continue  # a dense weight that was never pruned: leave it free
         masks[name] = mask
     logger.debug("Extracted %d sparsity masks", len(masks))
     return masks
+
+
+def full_masks(model: nn.Module) -> dict[str, torch.BoolTensor]:
+    """All-``True`` masks for every Linear of the decoder blocks.
+
+    A structurally pruned model (heads, channels or blocks removed) has no zeros to keep; these masks let an
+    adapter target every decoder Linear and merge in full.
+    """
+    blocks = _decoder_block_prefixes(model)
+    names = [name for name in _named_prunable(model) if any(name.startswith(block + ".") for block in blocks)]
+    return extract_masks(model, modules=names)
+
+
+def is_structurally_pruned(report: Any) -> bool:
+    """Whether a pruning report (object or dict) comes from a structured pattern (``"channels"``, ``"blocks"``)."""
+    structure = report.get("structure") if isinstance(report, Mapping) else getattr(report, "structure", None)
+    return bool(structure)
 
 
 def masks_sparsity(masks: Mapping[str, torch.Tensor]) -> float:
@@ -175,16 +230,16 @@ def measured_sparsity(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> fl
 
 
 def _resolve_weights(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, nn.Parameter]:
-    prunable = _named_prunable(model)
-    missing = [name for name in masks if name not in prunable]
+    available = _named_weights(model)
+    missing = [name for name in masks if name not in available]
     if missing:
         raise ModelStructureError(
-            f"{len(missing)} masked module(s) are not in this model, e.g. '{missing[0]}'."
-            f"{suggest(missing[0], list(prunable))} Extract the masks from the same model architecture."
+            f"{len(missing)} masked weight(s) are not in this model, e.g. '{missing[0]}'."
+            f"{suggest(missing[0], list(available))} Extract the masks from the same model architecture."
         )
     weights = {}
     for name, mask in masks.items():
-        weight = prunable[name].weight
+        weight = available[name]
         if tuple(weight.shape) != tuple(mask.shape):
             raise ModelStructureError(
                 f"Mask of '{name}' has shape {tuple(mask.shape)} but the weight has {tuple(weight.shape)}; "

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..version import __version__
 from .adapters import lora_config_for_masks, merge_adapter_preserving_sparsity, shira_config_for_masks
 from .callback import SparsityPreservingCallback
-from .masks import check_masks, extract_masks, measured_sparsity
+from .masks import check_masks, extract_masks, full_masks, is_structurally_pruned, measured_sparsity
 
 __all__ = ["RecoveryRecord", "recover", "load_texts", "build_lm_blocks"]
 
@@ -254,7 +254,10 @@ def recover(
         {"input_ids": blocks.tolist(), "attention_mask": torch.ones_like(blocks).tolist(), "labels": blocks.tolist()}
     )
 
-    masks = dict(masks) if masks is not None else extract_masks(model)
+    if masks is None:
+        structured = is_structurally_pruned(getattr(model, "pruning_report", None) or {})
+        masks = full_masks(model) if structured else extract_masks(model)
+    masks = dict(masks)
     if not masks:
         logger.warning("The model has no pruned weights; recovery runs as plain fine-tuning.")
     was_training = model.training

@@ -11,7 +11,7 @@ _TOKEN_CHUNK = 1024
 
 
 class InputStatistics:
-    """Sums over calibration tokens of ``x_j²`` (every method that needs norms) and ``x xᵀ`` (SparseGPT).
+    """Sums over calibration tokens of ``x_j`` and ``x_j²`` (norms, means, variances) and ``x xᵀ`` (SparseGPT).
 
     Padding tokens must be dropped by the caller before :meth:`add`; statistics are sums, so merging
     shards (several processes, several batches) is addition.
@@ -26,6 +26,7 @@ class InputStatistics:
         self.in_features = in_features
         self.num_tokens = 0
         self.squared_sum = torch.zeros(in_features, dtype=torch.float32, device=device)
+        self.sum = torch.zeros(in_features, dtype=torch.float32, device=device)
         self.gram = torch.zeros(in_features, in_features, dtype=torch.float32, device=device) if hessian else None
 
     def add(self, inputs: torch.Tensor) -> None:
@@ -35,6 +36,7 @@ class InputStatistics:
         # several times more in fresh memory pages than the arithmetic on it.
         for part in inputs.split(_TOKEN_CHUNK):
             x = part.to(device=self.squared_sum.device, dtype=torch.float32)
+            self.sum.add_(x.sum(dim=0))
             if self.gram is not None:
                 self.gram.addmm_(x.t(), x)
             else:
@@ -48,6 +50,17 @@ class InputStatistics:
         return self.squared_sum
 
     @property
+    def mean(self) -> torch.Tensor:
+        """The mean of each input channel over all calibration tokens."""
+        return self.sum / max(self.num_tokens, 1)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """The (sample) variance of each input channel over all calibration tokens (FLAP's fluctuation)."""
+        tokens = max(self.num_tokens, 2)
+        return ((self.squared_norms - self.num_tokens * self.mean.square()) / (tokens - 1)).clamp_min(0)
+
+    @property
     def norms(self) -> torch.Tensor:
         """``‖x_j‖₂`` over all calibration tokens (Wanda's activation factor)."""
         return self.squared_norms.sqrt()
@@ -56,6 +69,7 @@ class InputStatistics:
         """Add another shard's sums into this one."""
         self.num_tokens += other.num_tokens
         self.squared_sum.add_(other.squared_sum.to(self.squared_sum.device))
+        self.sum.add_(other.sum.to(self.sum.device))
         if self.gram is not None:
             self.gram.add_(other.gram.to(self.gram.device))
 
@@ -67,5 +81,6 @@ class InputStatistics:
         dist.all_reduce(tokens)
         self.num_tokens = int(tokens.item())
         dist.all_reduce(self.squared_sum)
+        dist.all_reduce(self.sum)
         if self.gram is not None:
             dist.all_reduce(self.gram)

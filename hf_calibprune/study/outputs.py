@@ -22,6 +22,7 @@ _BASE_COLUMNS = (
     "format",
     "requested_format",
     "overall_sparsity",
+    "parameters",
 )
 _TAIL_COLUMNS = ("prune_seconds", "eval_seconds", "status")
 

@@ -164,6 +164,7 @@ def run_study(
                 record.update(overall_sparsity=0.0, prune_seconds=0.0, calibration_fingerprint=None)
             else:
                 record.update(_prune(model, models.tokenizer, run, settings))
+            record["parameters"] = sum(p.numel() for p in model.parameters())  # structured patterns shrink it
             started = time.perf_counter()
             results = evaluate_model(
                 model,

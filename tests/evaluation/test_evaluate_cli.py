@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -46,6 +47,11 @@ def test_evaluate_cli_writes_the_report(checkpoint, small_data_dir, model, token
     assert wikitext["metric"] == "perplexity" and wikitext["value"] == wikitext["perplexity"]
     assert report["evaluation"]["gsm8k"]["n"] == 2
     assert not [p for p in checkpoint.iterdir() if p.name.endswith(".tmp")]
+    # The report is published: the data file evaluated on is named, not placed (and stays identifiable).
+    assert str(small_data_dir) not in (checkpoint / "pruning_report.json").read_text(encoding="utf-8")
+    gsm8k_file = small_data_dir / "gsm8k" / report["evaluation"]["gsm8k"]["file"]
+    assert {"name": gsm8k_file.name, "bytes": gsm8k_file.stat().st_size,
+            "sha256": hashlib.sha256(gsm8k_file.read_bytes()).hexdigest()} in report["local_files"]
 
     from huggingface_hub import ModelCard
 

@@ -120,6 +120,23 @@ def test_saved_card_comes_from_the_models_report(tmp_path, tokenizer):
     card = ModelCard.load(tmp_path / "ckpt" / "README.md")
     assert card.data.base_model == "org/tiny-llama"
     assert "magnitude" in card.data.tags and "2-4-sparsity" in card.data.tags
-    measured = model.pruning_report.overall_sparsity
-    assert f"| measured sparsity (pruned layers) | {100 * measured:.2f}% |" in card.text
+    report = model.pruning_report
+    assert f"| measured sparsity (pruned matrices) | {100 * report.pruned_sparsity:.2f}% |" in card.text
+    assert f"| measured sparsity (all decoder-block weights) | {100 * report.overall_sparsity:.2f}% |" in card.text
     assert card.text.count("| model.layers.") == 0 and "| 0 | 50.00% | 50.00% |" in card.text
+
+
+def test_the_card_names_paths_of_the_report_by_file_name():
+    card = str(build_model_card(_report(), None, command="hf-calibprune prune --calibration /data/my_notes.jsonl"))
+    assert "/data/" not in card
+    assert "| my_notes.jsonl | local | 0 |" in card and "path: c4-train.jsonl" in card
+    assert "--calibration my_notes.jsonl" in card
+
+
+def test_the_card_says_how_the_prune_ran_in_one_row():
+    execution = {"world_size": 2, "backend": "gloo", "processes": [
+        {"rank": 0, "samples": [0, 64], "devices": ["cuda:0"]}, {"rank": 1, "samples": [64, 128], "devices": ["cuda:1"]}]}
+    text = build_model_card(_report(execution=execution), None).text
+    rows = [line for line in text.splitlines() if line.startswith("| processes |")]
+    assert rows == ["| processes | 2 (gloo backend) — rank 0: samples 0–63 on cuda:0; rank 1: samples 64–127 on cuda:1 |"]
+    assert "| processes |" not in build_model_card(_report(), None).text  # reports written before it say nothing

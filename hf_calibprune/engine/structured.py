@@ -1,0 +1,390 @@
+"""The structured pruning walk: gather statistics block by block, choose heads, channels or blocks, cut them out.
+
+Width (``pattern="channels"``): for each block, the inputs of its attention and MLP output projections are
+gathered over the calibration tokens (the same :class:`StatisticsCollector` as masks use), the method scores each
+key/value group and MLP channel, the chosen ones are zeroed in the output projections (with FLAP's bias
+compensation) and the block runs again to produce the next block's inputs, as the sequential mask schedule
+does. Zeroed columns compute exactly what removal computes, so the walk never changes a shape; once every block is
+done, :func:`~hf_calibprune.models.surgery.apply_width` cuts the structures out and rewrites the config.
+
+Depth (``pattern="blocks"``): the method asks for measurements (block influence, or calibration loss without
+given blocks) and :func:`~hf_calibprune.models.surgery.remove_blocks` deletes the chosen blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..methods import PruningMethod
+from ..models.surgery import (
+    BlockWidth,
+    add_output_bias,
+    added_bias_parameters,
+    apply_width,
+    bias_route,
+    block_width,
+    decoder_parameters,
+    remove_blocks,
+)
+from ..records import BlockRecord, LayerRecord
+from ..structured import (
+    BlockSelector,
+    WidthPlan,
+    block_influence_terms,
+    compensation_bias,
+    group_scores,
+    lowest_indices,
+    plan_width,
+)
+from .capture import CapturedInputs, block_hidden_output
+from .hooks import StatisticsCollector
+from .loop import LayerwiseEngine, _all_reduce
+from .offload import read_weight, write_weight
+
+__all__ = ["StructuredEngine", "StructuredResult"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StructuredResult:
+    """What a structured walk removed, for the report.
+
+    Args:
+        layers (`list[LayerRecord]`): every Linear whose shape changed (``measured_sparsity`` = fraction removed).
+        blocks (`list[BlockRecord]`): per block, the fraction of its parameters removed.
+        structure (`dict`): parameters before/after and what went, per block.
+    """
+
+    layers: list[LayerRecord] = field(default_factory=list)
+    blocks: list[BlockRecord] = field(default_factory=list)
+    structure: dict[str, Any] = field(default_factory=dict)
+
+
+def _model_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied weights are counted once
+
+
+def _linear_sizes(model: nn.Module, prefix: str, blocks: nn.ModuleList) -> dict[str, tuple[int, int]]:
+    return {
+        f"{prefix}.{i}.{name}": tuple(module.weight.shape)
+        for i, block in enumerate(blocks)
+        for name, module in block.named_modules()
+        if isinstance(module, nn.Linear)
+    }
+
+
+class StructuredEngine(LayerwiseEngine):
+    """Walks the decoder blocks for ``pattern="channels"`` and ``"blocks"``; model surgery happens at the end."""
+
+    def _check_materialized(self) -> None:
+        if any(p.device.type == "meta" for p in self.model.parameters()) or any(
+            getattr(m, "_hf_hook", None) is not None for m in self.layout.blocks.modules()
+        ):
+            raise ConfigError(
+                "structured patterns change the shapes of weights, which accelerate's offload hooks cannot follow; "
+                "load the model without a device_map (or with all of it on one device) to prune it structurally."
+            )
+
+    # Width --------------------------------------------------------------------------------------
+
+    def plan_width(
+        self, method: PruningMethod, sparsity: float, warn: bool = False
+    ) -> tuple[WidthPlan, tuple[str, ...], tuple[str, ...]]:
+        """Per-block counts for ``sparsity``, the parts that get FLAP's compensation bias, and those of them whose
+        config flag must be switched on to hold it. Raises before any work for a sparsity that cannot be met."""
+        self._check_materialized()
+        width = block_width(self.model, self.layout.blocks[0])
+        possible = self._compensable_parts(method, width, warn)
+        flagged = tuple(part for part in possible if bias_route(self.model, width, part) == "config")
+        added = {part: added_bias_parameters(width, part) for part in flagged}
+        plan = plan_width(
+            sparsity,
+            sum(p.numel() for p in self.layout.blocks[0].parameters()),
+            width.attention.num_groups,
+            width.group_parameters(),
+            width.mlp.num_channels,
+            width.channel_parameters(),
+            heads_removable=width.heads_removable,
+            added_attention=added.get("attention", (0, 0)),
+            added_mlp=added.get("mlp", (0, 0)),
+        )
+        removes = {"attention": plan.groups > 0, "mlp": plan.channels > 0}
+        compensated = tuple(part for part in possible if removes[part])
+        return plan, compensated, tuple(part for part in flagged if removes[part])
+
+    def _compensable_parts(self, method: PruningMethod, width: BlockWidth, warn: bool) -> tuple[str, ...]:
+        if not getattr(method, "compensates_bias", False):
+            return ()
+        parts = ("attention", "mlp") if width.heads_removable else ("mlp",)
+        possible = tuple(part for part in parts if bias_route(self.model, width, part) is not None)
+        for part in parts:
+            if part not in possible and warn:
+                logger.warning(
+                    "%s's %s output projection has no bias and its config cannot add one: FLAP's bias compensation "
+                    "is skipped there.", type(self.model).__name__, part
+                )
+        return possible
+
+    def remove_channels(self, method: PruningMethod, sparsity: float, captured: CapturedInputs | None) -> StructuredResult:
+        """Remove attention key/value groups and MLP channels from every block (``pattern="channels"``)."""
+        plan, compensated, flagged = self.plan_width(method, sparsity, warn=True)
+        before_model, before_blocks = _model_parameters(self.model), decoder_parameters(self.layout)
+        sizes_before = _linear_sizes(self.model, self.layout.prefix, self.layout.blocks)
+        block_before = [sum(p.numel() for p in b.parameters()) for b in self.layout.blocks]
+        per_group = block_width(self.model, self.layout.blocks[0]).attention
+        per_group = per_group.num_heads // per_group.num_kv_heads
+        removed: dict[int, tuple[list[int], list[int]]] = {}
+        seconds: list[float] = []
+        for index, block in enumerate(self._progress(self.layout.blocks, "Scoring heads and channels")):
+            started = time.perf_counter()
+            width = block_width(self.model, block)
+            with self._placed(block):
+                removed[index] = self._remove_in_block(method, index, block, width, plan, compensated, captured)
+            seconds.append(time.perf_counter() - started)
+        apply_width(self.model, self.layout, removed, added_bias=flagged)
+        result = self._result(sparsity, sizes_before, block_before, seconds, before_model, before_blocks)
+        result.structure.update(
+            pattern="channels",
+            groups_per_block=plan.groups,
+            channels_per_block=plan.channels,
+            bias_compensation=list(compensated),
+            removed={
+                self.layout.block_name(i): {
+                    "kv_groups": g, "heads": [q * per_group + h for q in g for h in range(per_group)], "channels": c
+                }
+                for i, (g, c) in removed.items()
+            },
+        )
+        return result
+
+    def _remove_in_block(self, method, index, block, width: BlockWidth, plan: WidthPlan, compensated, captured):
+        outputs = {width.mlp.output_name: width.mlp.output}
+        if width.heads_removable:
+            outputs[width.attention.output_name] = width.attention.output
+        stats = {}
+        if captured is not None:
+            collector = StatisticsCollector(outputs, hessian=False, stop_early=True)
+            try:
+                self._run_block(block, index, captured, collector, keep_outputs=False)
+            finally:
+                collector.remove()
+            _all_reduce(collector.stats)
+            stats = collector.stats
+        chosen: dict[str, list[int]] = {}
+        if plan.groups:
+            name = width.attention.output_name
+            weight = read_weight(width.attention.output, root=block, name=name).float()
+            scores = group_scores(method.channel_scores(weight, stats.get(name)), width.attention.group_width)
+            groups = lowest_indices(scores, plan.groups)
+            columns = [g * width.attention.group_width + c for g in groups for c in range(width.attention.group_width)]
+            chosen["attention"] = groups
+            self._zero_columns(block, name, width.attention.output, weight, columns, stats.get(name), "attention" in compensated)
+        if plan.channels:
+            name = width.mlp.output_name
+            weight = read_weight(width.mlp.output, root=block, name=name).float()
+            channels = lowest_indices(method.channel_scores(weight, stats.get(name)), plan.channels)
+            chosen["mlp"] = channels
+            self._zero_columns(block, name, width.mlp.output, weight, channels, stats.get(name), "mlp" in compensated)
+        if captured is not None:
+            self._run_block(block, index, captured, None, keep_outputs=True)
+        return chosen.get("attention", []), chosen.get("mlp", [])
+
+    def _zero_columns(self, block, name, linear, weight, columns, stats, compensate: bool) -> None:
+        index = torch.tensor(columns, dtype=torch.long, device=weight.device)
+        if compensate and stats is not None:
+            add_output_bias(linear, compensation_bias(weight, stats.mean, index))
+        write_weight(linear, weight.index_fill(1, index, 0.0), root=block, name=name)
+
+    # Depth --------------------------------------------------------------------------------------
+
+    def block_count(self, sparsity: float) -> int:
+        """Blocks removed for ``sparsity``: the nearest whole number of blocks; raises if that is all of them."""
+        self._check_materialized()
+        total = len(self.layout.blocks)
+        count = math.floor(sparsity * total + 0.5)
+        if count >= total:
+            raise ConfigError(
+                f"`sparsity={sparsity}` with pattern='blocks' would remove all {total} decoder blocks; pass a sparsity "
+                f"below {(total - 0.5) / total:.3f}."
+            )
+        return count
+
+    def remove_blocks(
+        self,
+        method: BlockSelector,
+        sparsity: float,
+        captured: CapturedInputs,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> StructuredResult:
+        """Remove the decoder blocks ``method`` selects (``pattern="blocks"``)."""
+        count = self.block_count(sparsity)
+        before_model, before_blocks = _model_parameters(self.model), decoder_parameters(self.layout)
+        names = [self.layout.block_name(i) for i in range(len(self.layout.blocks))]
+        sizes = [sum(p.numel() for p in b.parameters()) for b in self.layout.blocks]
+        started = time.perf_counter()
+        measures = _Measures(self, captured, input_ids, attention_mask, getattr(method.options, "eval_samples", None))
+        chosen = method.select_blocks(count, measures) if count else []
+        remove_blocks(self.model, self.layout, chosen)
+        seconds = time.perf_counter() - started
+        result = StructuredResult(
+            blocks=[BlockRecord(i, names[i], sparsity, 1.0 if i in chosen else 0.0, seconds / len(names)) for i in range(len(names))],
+        )
+        after_blocks = decoder_parameters(self.layout)
+        result.structure = {
+            "pattern": "blocks",
+            "removed_blocks": [names[i] for i in chosen],
+            "parameters_before": before_blocks,
+            "parameters_after": after_blocks,
+            "model_parameters_before": before_model,
+            "model_parameters_after": _model_parameters(self.model),
+            "removed_fraction": 1.0 - after_blocks / before_blocks,
+            "block_parameters": dict(zip(names, sizes)),
+        }
+        if measures.influence_cache is not None:
+            result.structure["block_influence"] = dict(zip(names, measures.influence_cache))
+        if measures.rounds:
+            result.structure["greedy_losses"] = measures.rounds
+        return result
+
+    def _result(self, sparsity, sizes_before, block_before, seconds, before_model, before_blocks) -> StructuredResult:
+        sizes_after = _linear_sizes(self.model, self.layout.prefix, self.layout.blocks)
+        layers = []
+        for name, shape in sizes_after.items():
+            old = sizes_before.get(name)
+            if old is not None and tuple(old) != tuple(shape):
+                block = int(name[len(self.layout.prefix) + 1 :].split(".")[0])
+                layers.append(
+                    LayerRecord(name, block, list(shape), sparsity, 1.0 - (shape[0] * shape[1]) / (old[0] * old[1]))
+                )
+        blocks = []
+        for index, block in enumerate(self.layout.blocks):
+            after = sum(p.numel() for p in block.parameters())
+            blocks.append(BlockRecord(index, self.layout.block_name(index), sparsity, 1.0 - after / block_before[index], seconds[index]))
+        after_blocks = decoder_parameters(self.layout)
+        structure = {
+            "parameters_before": before_blocks,
+            "parameters_after": after_blocks,
+            "model_parameters_before": before_model,
+            "model_parameters_after": _model_parameters(self.model),
+            "removed_fraction": 1.0 - after_blocks / before_blocks,
+        }
+        return StructuredResult(layers, blocks, structure)
+
+
+class _Measures:
+    """The measurements a :class:`BlockSelector` may ask for, on the captured calibration inputs."""
+
+    def __init__(self, engine: StructuredEngine, captured, input_ids, attention_mask, eval_samples: int | None) -> None:
+        self.engine = engine
+        self.captured = captured
+        self.first_inputs = list(captured.hidden)
+        self.input_ids = input_ids
+        self.attention_mask = attention_mask
+        self.batches = len(captured.hidden)
+        if eval_samples is not None:
+            sizes = [h.shape[0] for h in captured.hidden]
+            covered, batches = 0, 0
+            while batches < len(sizes) and covered < eval_samples:
+                covered += sizes[batches]
+                batches += 1
+            self.batches = max(batches, 1)
+        self.influence_cache: list[float] | None = None
+        self.rounds: list[dict[str, float]] = []
+
+    def influence(self) -> list[float]:
+        if self.influence_cache is None:
+            layout, scores = self.engine.layout, []
+            hidden = list(self.first_inputs)
+            for index, block in enumerate(self.engine._progress(layout.blocks, "Measuring block influence")):
+                total, tokens = 0.0, 0
+                for batch in range(len(hidden)):
+                    output = self._forward(block, index, batch, hidden[batch])
+                    s, n = block_influence_terms(hidden[batch], output, self.captured.token_masks[batch])
+                    total, tokens = total + s, tokens + n
+                    hidden[batch] = output
+                scores.append(total / max(tokens, 1))
+            self.influence_cache = scores
+        return self.influence_cache
+
+    def loss_without(self, removed: Iterable[int]) -> list[float]:
+        removed = set(removed)
+        blocks = self.engine.layout.blocks
+        inputs: list[list[torch.Tensor]] = []
+        hidden = self.first_inputs[: self.batches]
+        for index, block in enumerate(blocks):
+            inputs.append(hidden)
+            if index not in removed:
+                hidden = [self._forward(block, index, b, h) for b, h in enumerate(hidden)]
+        losses = []
+        for candidate in self.engine._progress(range(len(blocks)), f"Trying removals (round {len(removed) + 1})"):
+            if candidate in removed:
+                losses.append(math.inf)
+                continue
+            hidden = inputs[candidate]
+            for index in range(candidate + 1, len(blocks)):
+                if index not in removed:
+                    hidden = [self._forward(blocks[index], index, b, h) for b, h in enumerate(hidden)]
+            losses.append(self._loss(hidden))
+        self.rounds.append({self.engine.layout.block_name(i): l for i, l in enumerate(losses) if math.isfinite(l)})
+        return losses
+
+    def _forward(self, block: nn.Module, index: int, batch: int, hidden: torch.Tensor) -> torch.Tensor:
+        call = self.captured.calls[batch][index]
+        with torch.no_grad():
+            return block_hidden_output(block(hidden, *call.args, **call.kwargs))
+
+    def _loss(self, final_hidden: list[torch.Tensor]) -> float:
+        """Mean next-token NLL of the model's head (final norm, lm_head) on ``final_hidden``, padding excluded.
+
+        The decoder blocks are swapped for stand-ins that return the given hidden states, so the model's own
+        forward applies whatever follows its blocks; nothing is named per architecture.
+        """
+        layout = self.engine.layout
+        originals = list(layout.blocks)
+        size = self.captured.hidden[0].shape[0]
+        total, tokens = 0.0, 0
+        try:
+            for batch, hidden in enumerate(final_hidden):
+                for i in range(len(originals)):
+                    layout.blocks[i] = _Replay(originals[i], hidden, bool(self.captured.tuple_output))
+                ids = self.input_ids[batch * size : batch * size + hidden.shape[0]].to(hidden.device)
+                mask = self.attention_mask[batch * size : batch * size + hidden.shape[0]].to(hidden.device)
+                labels = ids.masked_fill(mask == 0, -100)
+                with torch.no_grad():
+                    loss = self.engine.model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+                count = int((labels[:, 1:] != -100).sum())
+                total, tokens = total + float(loss) * count, tokens + count
+        finally:
+            for i, block in enumerate(originals):
+                layout.blocks[i] = block
+        return total / max(tokens, 1)
+
+
+class _Replay(nn.Module):
+    """Stands in for a decoder block and returns fixed hidden states (the real blocks already ran); attribute reads
+    the model makes of its blocks (an attention type) fall through to the block."""
+
+    def __init__(self, block: nn.Module, hidden: torch.Tensor, tuple_output: bool) -> None:
+        super().__init__()
+        self.block = block
+        self.hidden = hidden
+        self.tuple_output = tuple_output
+
+    def forward(self, *args, **kwargs):
+        return (self.hidden,) if self.tuple_output else self.hidden
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["block"], name)

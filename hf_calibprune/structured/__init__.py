@@ -1,0 +1,30 @@
+"""Layer 2: structured pruning math: score heads, MLP channels and decoder blocks from calibration statistics.
+
+Removing the chosen structures and rewriting the config is model surgery, in :mod:`hf_calibprune.models.surgery`.
+"""
+
+from __future__ import annotations
+
+from .base import STRUCTURED_PATTERNS, BlockMeasures, BlockSelector
+from .scores import (
+    WidthPlan,
+    block_influence_terms,
+    compensation_bias,
+    fluctuation_scores,
+    group_scores,
+    lowest_indices,
+    plan_width,
+)
+
+__all__ = [
+    "STRUCTURED_PATTERNS",
+    "BlockMeasures",
+    "BlockSelector",
+    "WidthPlan",
+    "block_influence_terms",
+    "compensation_bias",
+    "fluctuation_scores",
+    "group_scores",
+    "lowest_indices",
+    "plan_width",
+]
