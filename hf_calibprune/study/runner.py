@@ -1,14 +1,19 @@
-"""Run a calibration study: prune a fresh model per grid cell, evaluate it, cache the result, resume.
+"""Run a calibration study: prune a fresh model per grid cell and seed, evaluate it, cache the result, resume.
 
 Each finished run is written to ``OUT/runs/<run id>.json`` (temporary sibling, then rename) before the
 next starts; the run id hashes every setting the numbers depend on, so a rerun with the same settings
 skips what is done and a changed setting runs again. Failed runs are not cached.
+
+A source evaluated on its own domain (``ppl:race`` with ``race`` in the grid) calibrates on the rows its
+domain text was not taken from: they are written once to ``OUT/held_apart/<source>.jsonl`` and passed as
+the source's ``data_files``, and the study checks by sha256 that no evaluation row is among them.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
+import json
 import logging
 import os
 import time
@@ -64,11 +69,12 @@ class _ModelSource:
             # Dequantizing a GGUF file takes long; do it once and copy the untouched weights per run.
             if self._pristine is None:
                 self._pristine, self.tokenizer = self.loader(self.settings.model, gguf_file=self.settings.gguf_file)
-            return copy.deepcopy(self._pristine)
-        model, tokenizer = self.loader(self.settings.model)
-        if self.tokenizer is None:
-            self.tokenizer = tokenizer
-        return model
+            model = copy.deepcopy(self._pristine)
+        else:
+            model, tokenizer = self.loader(self.settings.model)
+            if self.tokenizer is None:
+                self.tokenizer = tokenizer
+        return model if self.settings.device is None else model.to(self.settings.device)
 
 
 def _read_cached(path: Path, run: StudyRun) -> dict[str, Any] | None:
@@ -84,12 +90,53 @@ def _read_cached(path: Path, run: StudyRun) -> dict[str, Any] | None:
     return record
 
 
-def _prune(model: torch.nn.Module, tokenizer: Any, run: StudyRun, settings: StudySettings) -> dict[str, Any]:
+class _HeldApart:
+    """Calibration files with each evaluated domain's held-apart rows removed, written once per study."""
+
+    def __init__(self, settings: StudySettings, output: Path) -> None:
+        self.settings = settings
+        self.folder = output / "held_apart"
+        self._files: dict[str, str | None] = {}
+
+    def data_files(self, run: StudyRun) -> str | None:
+        """The file ``run`` calibrates on instead of its source's own, or `None` (no domain of its own evaluated)."""
+        from ..evaluation.domains import domain_split
+
+        source = run.calibration
+        if f"ppl:{source}".lower() not in {task.lower() for task in run.eval}:
+            return None
+        if source not in self._files:
+            split = domain_split(source, self.settings.data_dir)
+            path = None
+            if split.calibration_rows is not None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                path = self.folder / f"{source.replace('@', '-')}.jsonl"
+                text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in split.calibration_rows)
+                _write_text_atomic(path, text)
+            shared = split.hashes & split.calibration_hashes
+            if shared:  # domain_split drops such rows; this is the study's own check that it did
+                raise CalibPruneError(f"Domain '{source}': {len(shared)} evaluation rows are also calibration rows.")
+            logger.info("%s; calibration rows: %d (sha256 checked: none shared).", split.description, len(split.calibration_hashes))
+            self._files[source] = None if path is None else str(path)
+        return self._files[source]
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _prune(
+    model: torch.nn.Module, tokenizer: Any, run: StudyRun, settings: StudySettings, data_files: str | None
+) -> dict[str, Any]:
     from ..calibration import CalibrationConfig
     from ..config import PruningConfig
     from ..pruner import CalibratedPruner
 
-    calibration = CalibrationConfig(sources=run.calibration, format=run.format, data_dir=settings.data_dir)
+    calibration = CalibrationConfig(
+        sources=run.calibration, format=run.format, data_dir=settings.data_dir, data_files=data_files
+    )
     config = PruningConfig(
         method=run.method,
         sparsity=settings.sparsity,
@@ -97,7 +144,7 @@ def _prune(model: torch.nn.Module, tokenizer: Any, run: StudyRun, settings: Stud
         calibration=calibration,
         num_samples=settings.num_samples,
         seq_len=settings.seq_len,
-        seed=settings.seed,
+        seed=run.seed,
     )
     CalibratedPruner(config, tokenizer=tokenizer).prune(model)
     report = model.pruning_report
@@ -105,6 +152,7 @@ def _prune(model: torch.nn.Module, tokenizer: Any, run: StudyRun, settings: Stud
         "overall_sparsity": report.overall_sparsity,
         "prune_seconds": report.seconds,
         "calibration_fingerprint": report.calibration,
+        "calibration_sha256": (report.calibration or {}).get("token_sha256", "")[:16],
     }
 
 
@@ -124,7 +172,7 @@ def run_study(
     """
     from ..evaluation import evaluate_model, headline_metrics, parse_tasks
 
-    parse_tasks(list(settings.eval))  # unknown task names fail before any pruning
+    parse_tasks(list(settings.eval) + list(settings.language_eval()))  # unknown task names fail before any pruning
     plan = plan_study(settings)
     output = Path(output_dir)
     runs_dir = output / "runs"
@@ -135,6 +183,7 @@ def run_study(
 
         loader = partial(load_model_and_tokenizer, dtype=torch.float32, require_tokenizer=True)
     models = _ModelSource(settings, loader)
+    held_apart = _HeldApart(settings, output)
 
     records: list[dict[str, Any]] = []
     pruned = reused = failed = 0
@@ -154,6 +203,8 @@ def run_study(
             "calibration": run.calibration,
             "format": run.format,
             "requested_format": run.requested_format,
+            "kind": run.kind,
+            "seed": run.seed,
             "sparsity": 0.0 if run.is_dense else settings.sparsity,
             "pattern": "-" if run.is_dense else settings.pattern,
         }
@@ -161,14 +212,14 @@ def run_study(
         try:
             model = models.fresh()
             if run.is_dense:
-                record.update(overall_sparsity=0.0, prune_seconds=0.0, calibration_fingerprint=None)
+                record.update(overall_sparsity=0.0, prune_seconds=0.0, calibration_fingerprint=None, calibration_sha256="")
             else:
-                record.update(_prune(model, models.tokenizer, run, settings))
+                record.update(_prune(model, models.tokenizer, run, settings, held_apart.data_files(run)))
             started = time.perf_counter()
             results = evaluate_model(
                 model,
                 models.tokenizer,
-                list(settings.eval),
+                list(run.eval),
                 data_dir=settings.data_dir,
                 limit=settings.limit,
                 seq_len=settings.eval_seq_len or settings.seq_len,
@@ -191,5 +242,5 @@ def run_study(
             gc.collect()
         records.append(record)
     logger.info("Study: pruned %d run(s), reused %d cached run(s), %d failed.", pruned, reused, failed)
-    files = write_outputs(records, output, notes=plan.notes)
+    files = write_outputs(records, output, notes=plan.notes, baseline=settings.baseline_source)
     return StudyResult(records=records, plan=plan, pruned=pruned, reused=reused, failed=failed, files=files)

@@ -50,7 +50,9 @@ def test_study_end_to_end_and_resume(saved_model, small_data_dir, tmp_path, caps
     assert float(by_source["c4"]["wikitext2/ppl"]) != float(rows[0]["wikitext2/ppl"])
     assert "format 'icl' does not apply" in (output / "summary.txt").read_text(encoding="utf-8")
     markdown = (output / "results.md").read_text(encoding="utf-8")
-    assert markdown.startswith("| run_id |") and markdown.count("\n| ") == 3  # header, then dense and two pruned rows
+    runs_table = markdown.split("## Runs\n\n", 1)[1]
+    assert runs_table.startswith("| run_id |") and runs_table.count("\n| ") == 3  # header, then dense and two pruned rows
+    assert markdown.startswith("## Cells")
     png = output / "wikitext2_ppl.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -87,8 +89,8 @@ def test_summary_names_the_best_choice_per_metric():
     records[1]["calibration_fingerprint"] = records[2]["calibration_fingerprint"] = {"token_sha256": "ab" * 32}
     text = summarize(records)
     assert "c4 (plain) and gsm8k (icl) calibrated on identical tokens" in text
-    assert "w/ppl: best calibration c4 (plain, wanda) = 12.0000" in text
-    assert "g/acc: best calibration gsm8k (icl, wanda) = 0.4000" in text
+    assert "w/ppl: lowest mean c4 (plain), wanda = 12.0000" in text
+    assert "g/acc: highest mean gsm8k (icl), wanda = 0.4000" in text
 
 
 def test_bad_settings_fail_before_anything_runs(small_data_dir):
