@@ -10,6 +10,7 @@ hf-calibprune study --model DIR --methods wanda --sparsity 0.5 --calibration c4,
 from __future__ import annotations
 
 import argparse
+import time
 
 __all__ = ["add_parser", "run"]
 
@@ -71,6 +72,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="Source of the language cells: ud (local UD text, default), c4, oscar or wikipedia (Hub).",
     )
     parser.add_argument("--device", default=None, help="Device for pruning and evaluation (e.g. cuda).")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="Time budget: no run starts that would end after it (judged by the longest run so far); the outputs "
+        "hold what finished and a rerun resumes the rest.",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="Evaluation batch size (default: 8).")
     parser.add_argument("--data-dir", default=None, help="Local data mirror laid out as <source>/<files>.")
     parser.add_argument("--output", required=True, help="Output directory.")
@@ -106,8 +114,9 @@ def run(args: argparse.Namespace) -> int:
         gguf_file=args.gguf_file,
         batch_size=args.batch_size,
     )
-    result = run_study(settings, args.output)
+    deadline = None if args.max_minutes is None else time.monotonic() + 60 * args.max_minutes
+    result = run_study(settings, args.output, deadline=deadline)
     print(result.files["markdown"].read_text(encoding="utf-8"))
-    print(f"pruned {result.pruned} run(s), reused {result.reused} cached run(s), {result.failed} failed; "
-          f"outputs in {args.output}")
+    print(f"pruned {result.pruned} run(s), reused {result.reused} cached run(s), {result.failed} failed, "
+          f"{result.skipped} not started (time budget); outputs in {args.output}")
     return 1 if result.failed else 0

@@ -176,27 +176,26 @@ def plan_study(settings: StudySettings) -> StudyPlan:
     if settings.languages:
         dense_key["eval"] = list(dense_eval)
     runs: list[StudyRun] = [StudyRun("dense", "-", "-", "-", key=dense_key, seed=None, kind="dense", eval=dense_eval)]
-    seen: set[tuple[str, str, str]] = set()
+    cells: list[tuple[str, str, str, str]] = []
     for method in settings.methods:
         for source in settings.calibration:
             for fmt in settings.formats:
                 effective, note = _supported_format(source, fmt, settings.data_dir)
                 if note and note not in notes:
                     notes.append(note)
-                if effective is None:
-                    continue
-                cell = (method, source, effective)
-                if cell in seen:
-                    continue
-                seen.add(cell)
-                for seed in settings.seeds:
-                    key = {**_pruned_key(settings, method, source, effective, seed), **settings.evaluation_key()}
-                    runs.append(StudyRun(method, source, effective, fmt, key=key, seed=seed, eval=tuple(settings.eval)))
+                if effective is not None and all(cell[:3] != (method, source, effective) for cell in cells):
+                    cells.append((method, source, effective, fmt))
     language_eval = settings.language_eval()
-    for method in settings.methods:
-        for language in settings.languages:
-            source = f"{settings.language_source}@{language}"
-            for seed in settings.seeds:
+    # Seed-major order: every cell at the first seed comes before any cell's second seed, so a study cut
+    # short (an interrupted run, or a time budget) has covered the whole grid once before repeating it.
+    for seed in settings.seeds:
+        for method, source, effective, fmt in cells:
+            key = {**_pruned_key(settings, method, source, effective, seed), **settings.evaluation_key()}
+            runs.append(StudyRun(method, source, effective, fmt, key=key, seed=seed, eval=tuple(settings.eval)))
+    for seed in settings.seeds:
+        for method in settings.methods:
+            for language in settings.languages:
+                source = f"{settings.language_source}@{language}"
                 key = {
                     **_pruned_key(settings, method, source, "plain", seed),
                     **settings.evaluation_key(),

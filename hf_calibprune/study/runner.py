@@ -45,6 +45,7 @@ class StudyResult:
         reused (`int`): runs read back from the cache.
         failed (`int`): runs that raised an error (not cached).
         files (`dict[str, Path]`): the tables, plots and summary written.
+        skipped (`int`): runs not started because the ``deadline`` would have passed.
     """
 
     records: list[dict[str, Any]]
@@ -53,6 +54,7 @@ class StudyResult:
     reused: int
     failed: int
     files: dict[str, Path]
+    skipped: int = 0
 
 
 class _ModelSource:
@@ -161,6 +163,7 @@ def run_study(
     output_dir: str | os.PathLike,
     *,
     loader: Callable[..., tuple[torch.nn.Module, Any]] | None = None,
+    deadline: float | None = None,
 ) -> StudyResult:
     """Run (or resume) the study described by ``settings`` and write its tables, plots and summary.
 
@@ -169,6 +172,9 @@ def run_study(
         output_dir (`str`): where ``runs/``, ``results.csv``, ``results.md``, ``*.png`` and ``summary.txt`` go.
         loader (`Callable`, *optional*): ``loader(model, gguf_file=None) -> (model, tokenizer)``; defaults to
             :func:`hf_calibprune.models.loading.load_model_and_tokenizer` in float32, with a tokenizer required.
+        deadline (`float`, *optional*): a :func:`time.monotonic` time; a run is not started when the longest run
+            so far (pruned in this call, or timed in a cached record) would end after it. Skipped runs are left
+            out of the outputs and named in the notes, and a later call with a later deadline resumes them.
     """
     from ..evaluation import evaluate_model, headline_metrics, parse_tasks
 
@@ -187,14 +193,22 @@ def run_study(
 
     records: list[dict[str, Any]] = []
     pruned = reused = failed = 0
+    skipped: list[str] = []
+    longest = 0.0
     for index, run in enumerate(plan.runs, start=1):
         path = runs_dir / f"{run.run_id}.json"
         cached = _read_cached(path, run)
         if cached is not None:
             reused += 1
             records.append(cached)
+            if not run.is_dense:  # a resumed study judges its budget by the runs it already timed
+                longest = max(longest, float(cached.get("prune_seconds") or 0) + float(cached.get("eval_seconds") or 0))
             logger.info("[%d/%d] %s: cached, skipped.", index, len(plan.runs), run.run_id)
             continue
+        if deadline is not None and (skipped or time.monotonic() + longest > deadline):
+            skipped.append(run.run_id)
+            continue
+        run_started = time.monotonic()
         logger.info("[%d/%d] %s: %s", index, len(plan.runs), run.run_id, "evaluating the dense model" if run.is_dense else "pruning")
         record: dict[str, Any] = {
             "run_id": run.run_id,
@@ -240,7 +254,16 @@ def run_study(
         finally:
             del model
             gc.collect()
+        longest = max(longest, time.monotonic() - run_started)
         records.append(record)
-    logger.info("Study: pruned %d run(s), reused %d cached run(s), %d failed.", pruned, reused, failed)
-    files = write_outputs(records, output, notes=plan.notes, baseline=settings.baseline_source)
-    return StudyResult(records=records, plan=plan, pruned=pruned, reused=reused, failed=failed, files=files)
+    notes = list(plan.notes)
+    if skipped:
+        notes.append(
+            f"{len(skipped)} of {len(plan.runs)} runs were not started because the time budget would have run out "
+            f"(first: {skipped[0]}); rerun with more time to resume them."
+        )
+    logger.info("Study: pruned %d run(s), reused %d cached run(s), %d failed, %d skipped.", pruned, reused, failed, len(skipped))
+    files = write_outputs(records, output, notes=notes, baseline=settings.baseline_source)
+    return StudyResult(
+        records=records, plan=plan, pruned=pruned, reused=reused, failed=failed, files=files, skipped=len(skipped)
+    )
