@@ -47,13 +47,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--methods", type=_names, default=("wanda",), help="Comma-separated methods (default: wanda).")
     parser.add_argument("--sparsity", type=float, default=0.5, help="Target sparsity (default: 0.5).")
     parser.add_argument("--pattern", default="unstructured", help="unstructured or N:M such as 2:4 (default: unstructured).")
-    parser.add_argument("--calibration", type=_names, default=("c4",), help="Comma-separated calibration sources.")
+    parser.add_argument(
+        "--calibration",
+        type=_names,
+        default=None,
+        help="Comma-separated calibration sources (default: c4; none when only --languages is given).",
+    )
     parser.add_argument("--formats", type=_names, default=("plain",), help="Comma-separated formats: plain,icl,cot,...")
     parser.add_argument(
         "--eval",
         type=_names,
-        default=("wikitext2",),
-        help="Comma-separated evaluation tasks; ppl:SOURCE is perplexity on a calibration source's held-apart text "
+        default=None,
+        help="Comma-separated evaluation tasks (default: wikitext2; none when only --languages is given); ppl:SOURCE is perplexity on a calibration source's held-apart text "
         "(ppl:gsm8k,ppl:race,ppl:c4), lm-eval:zeroshot the harness tasks.",
     )
     parser.add_argument("--num-samples", type=int, default=128, help="Calibration sequences per run (default: 128).")
@@ -92,15 +97,18 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seed is not None:
         raise SystemExit("error: pass --seeds or --seed, not both")
     seeds = args.seeds if args.seeds is not None else (args.seed if args.seed is not None else 0,)
+    languages_only = bool(args.languages) and args.calibration is None
+    calibration = () if languages_only else (args.calibration or ("c4",))
+    evaluation = args.eval if args.eval is not None else (() if languages_only else ("wikitext2",))
 
     settings = StudySettings(
         model=args.model,
         methods=args.methods,
         sparsity=args.sparsity,
         pattern=args.pattern,
-        calibration=args.calibration,
+        calibration=calibration,
         formats=args.formats,
-        eval=args.eval,
+        eval=evaluation,
         num_samples=args.num_samples,
         seq_len=args.seq_len,
         eval_seq_len=args.eval_seq_len,

@@ -31,7 +31,7 @@ class StudySettings:
         methods (`tuple[str, ...]`): pruning methods (``"wanda"``, ``"sparsegpt"``, ...).
         sparsity (`float`): target sparsity.
         pattern (`str`): ``"unstructured"`` or ``"N:M"``.
-        calibration (`tuple[str, ...]`): calibration source names.
+        calibration (`tuple[str, ...]`): calibration source names (may be empty when ``languages`` is not).
         formats (`tuple[str, ...]`): calibration formats (``"plain"``, ``"icl"``, ``"cot"``, ...).
         eval (`tuple[str, ...]`): evaluation task names (see :mod:`hf_calibprune.evaluation.suite`);
             ``ppl:SOURCE`` is perplexity on a calibration source's held-apart text (the source × domain matrix).
@@ -73,8 +73,8 @@ class StudySettings:
     device: str | None = None
 
     @property
-    def baseline_source(self) -> str:
-        return self.baseline or self.calibration[0]
+    def baseline_source(self) -> str | None:
+        return self.baseline or (self.calibration[0] if self.calibration else None)
 
     def language_eval(self) -> tuple[str, ...]:
         """The PUD perplexity tasks of the language matrix (parallel text, one per language)."""
@@ -223,6 +223,10 @@ def _pruned_key(settings: StudySettings, method: str, source: str, fmt: str, see
 
 
 def _check_settings(settings: StudySettings) -> None:
+    if not settings.calibration and not settings.languages:
+        raise ConfigError("Nothing to run: name calibration sources (--calibration c4,gsm8k) or --languages en,de.")
+    if not settings.eval and not settings.languages:
+        raise ConfigError("No evaluation task: pass --eval (e.g. wikitext2,ppl:gsm8k).")
     if not settings.seeds:
         raise ConfigError("`seeds` is empty; pass at least one calibration seed, e.g. --seeds 0,1,2.")
     if len(set(settings.seeds)) != len(settings.seeds):

@@ -103,3 +103,20 @@ def test_bad_settings_fail_before_anything_runs(small_data_dir):
         plan_study(StudySettings(calibration=("c5",), **base))
     with pytest.raises(CalibPruneError, match="sparsity"):
         plan_study(StudySettings(sparsity=1.5, **base))
+
+
+def test_a_spent_time_budget_starts_no_run_and_a_later_call_resumes(saved_model, small_data_dir, tmp_path):
+    import time
+
+    from hf_calibprune.study import run_study
+
+    settings = StudySettings(
+        model=str(saved_model), calibration=("c4",), eval=("wikitext2",), num_samples=4, seq_len=32, limit=2,
+        seeds=(0, 1), data_dir=str(small_data_dir),
+    )
+    spent = run_study(settings, tmp_path / "out", deadline=time.monotonic() - 1)
+    assert (spent.pruned, spent.skipped, spent.records) == (0, 3, [])
+    assert "3 of 3 runs were not started because the time budget would have run out" in (tmp_path / "out" / "summary.txt").read_text()
+    resumed = run_study(settings, tmp_path / "out", deadline=time.monotonic() + 3600)
+    assert (resumed.pruned, resumed.skipped) == (2, 0)
+    assert [record["seed"] for record in resumed.records] == [None, 0, 1]
