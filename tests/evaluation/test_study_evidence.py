@@ -173,3 +173,19 @@ def test_a_task_at_chance_is_flagged_and_left_out_of_the_average():
     # The average holds arc_easy only.
     assert float(rows[1]["zero-shot average/acc"]) == pytest.approx(0.60)
     assert float(rows[0]["zero-shot average/acc"]) == pytest.approx(0.70)
+
+
+def test_a_languages_only_study_runs_no_source_grid(study, tmp_path, capsys):
+    _, data = study
+    model = data.parent / "model"
+    output = tmp_path / "out"
+    argv = ["study", "--model", str(model), "--languages", "en,de", "--num-samples", "2", "--seq-len", "16", "--limit", "2",
+            "--data-dir", str(data), "--output", str(output)]
+    assert main(argv) == 0
+    rows = _csv(output / "results.csv")
+    assert [(row["kind"], row["calibration"]) for row in rows] == [("dense", "-"), ("language", "ud@en"), ("language", "ud@de")]
+    assert [row["calibration_language"] for row in _csv(output / "languages.csv")] == ["-", "en", "de"]
+    assert not (output / "matrix.csv").exists()
+    capsys.readouterr()
+    code = main(["study", "--model", str(model), "--calibration", "c4", "--baseline", "gsm8k", "--data-dir", str(data), "--output", str(output)])
+    assert code == 2 and "the baseline must be a cell of the grid" in capsys.readouterr().err
