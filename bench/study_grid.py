@@ -14,6 +14,9 @@ is run, and :func:`~hf_calibprune.study.run_study`'s deadline stops before a run
 (the study caches every run, so a rerun with more minutes resumes). The ladder drops, in order: SparseGPT,
 the CoT format, the third seed, languages beyond en/de/zh, the second seed, then sources from the end.
 
+The dense model is evaluated once per distinct evaluation list: a trimmed grid with fewer languages than the
+probe evaluates it again (its PUD columns differ).
+
 ``--tiny`` runs the same script end to end on the CPU with a tiny random Llama and tiny sizes (a check that
 the script works, not a measurement)::
 
