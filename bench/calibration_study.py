@@ -90,7 +90,7 @@ def write_docs(result, command: str, settings) -> None:
             command,
             "```",
             "",
-            f"Settings: {settings.num_samples} calibration samples of {settings.seq_len} tokens (seed {settings.seed}); "
+            f"Settings: {settings.num_samples} calibration samples of {settings.seq_len} tokens (seed {settings.seeds[0]}); "
             f"WikiText-2 perplexity over the first {settings.limit} windows of {settings.eval_seq_len or settings.seq_len} "
             f"tokens of the mirror's test slice (41 of 62 articles, so not comparable with published numbers); GSM8K "
             f"accuracy on the first {settings.limit} problems of the mirror's test slice, 3-shot, greedy, final number "
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         seq_len=args.seq_len,
         eval_seq_len=args.eval_seq_len,
         limit=args.limit,
-        seed=args.seed,
+        seeds=(args.seed,),
         data_dir=str(data_dir),
     )
     started = time.perf_counter()

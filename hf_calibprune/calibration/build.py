@@ -30,7 +30,7 @@ from ..errors import CalibrationError
 from ..version import __version__
 from .config import CalibrationConfig, CalibrationConfigError, Component, is_source_spec
 from .samples import CalibrationSamples
-from .sources import source_class_for
+from .sources import make_source, source_class_for
 from .sources.base import CustomSource, LoadRequest, SyntheticSource, TextPool
 
 __all__ = ["build_calibration_samples", "render_samples", "split_counts"]
@@ -114,7 +114,7 @@ def _plan(
     planned = []
     for component in config.components:
         cls = source_class_for(component)
-        source = cls(component.name) if cls is CustomSource else cls()
+        source = cls(component.name) if cls is CustomSource else make_source(component.name)
         if cls is CustomSource and component.kind == "hub":
             source = CustomSource(component.name, hub_id=component.name)
         request = LoadRequest(

@@ -81,9 +81,17 @@ def _looks_like_path(name: str) -> bool:
 
 def source_kind_of(name: str) -> str:
     """Return ``"registered"``, ``"path"`` or ``"hub"`` for a source name, or raise for an unknown one."""
-    from .sources import SOURCES
+    from .sources import SOURCES, make_source
+    from .sources._language import split_language
 
     if name in SOURCES:
+        return "registered"
+    base, language = split_language(name)
+    if language is not None and base in SOURCES:
+        try:
+            make_source(name)  # checks that the source takes a language and the code looks like one
+        except CalibrationError as error:
+            raise CalibrationConfigError(str(error)) from None
         return "registered"
     if _looks_like_path(name):
         return "path"

@@ -341,7 +341,8 @@ def evaluate_fewshot(
         return_predictions (`bool`, *optional*): include each prompt's generation and score.
 
     Returns:
-        `dict`: ``accuracy``, ``correct``, ``n``, ``shots``, ``cot``, ``file`` (and ``predictions``).
+        `dict`: ``accuracy``, ``correct``, ``n``, ``shots``, ``cot``, ``file``, ``scores`` (1 or 0 per row, in
+        order) and, when asked, ``predictions``.
     """
     task_object = FEWSHOT_TASKS.get(task) if isinstance(task, str) else task
     examples, path = task_object.load_examples(data_dir)
@@ -361,6 +362,7 @@ def evaluate_fewshot(
         "shots": len(task_object.cot_exemplars if cot else task_object.exemplars),
         "cot": cot,
         "file": path,
+        "scores": [int(score) for score in scores],
     }
     if return_predictions:
         result["predictions"] = [

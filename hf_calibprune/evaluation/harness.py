@@ -160,7 +160,8 @@ def evaluate_harness(
 
     Returns:
         `dict[str, dict]`: per task, lm-eval's metrics (``acc``, ``acc_norm`` where defined, their
-        ``_stderr``) plus ``n`` (documents evaluated) and ``file``.
+        ``_stderr``) plus ``n`` (documents evaluated), ``file``, ``scores`` (each document's ``acc``, in
+        document order) and ``choices`` (answer options of the first document, for the chance level).
     """
     lm_eval = _import_lm_eval()
     from lm_eval.models.huggingface import HFLM
@@ -175,7 +176,7 @@ def evaluate_harness(
             tasks=configs,
             num_fewshot=num_fewshot,
             limit=limit,
-            log_samples=False,
+            log_samples=True,
             bootstrap_iters=0,
         )
     finally:
@@ -190,5 +191,9 @@ def evaluate_harness(
         n_samples = output.get("n-samples", {}).get(name, {})
         metrics["n"] = n_samples.get("effective", n_samples.get("original"))
         metrics["file"] = config["metadata"]["local_data_file"]
+        samples = sorted(output.get("samples", {}).get(name, []), key=lambda sample: sample.get("doc_id", 0))
+        metrics["scores"] = [float(sample["acc"]) for sample in samples if "acc" in sample]
+        if samples:
+            metrics["choices"] = len(samples[0].get("arguments") or ())
         results[name] = metrics
     return results

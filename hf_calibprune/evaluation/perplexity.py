@@ -145,7 +145,11 @@ def perplexity_details(
     limit: int | None = None,
     data_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Like :func:`perplexity` but returns ``{"perplexity", "nll", "windows", "seq_len", "tokens", "text"}``."""
+    """Like :func:`perplexity` but returns ``{"perplexity", "nll", "windows", "seq_len", "tokens", "text", "window_nlls"}``.
+
+    ``window_nlls`` holds each window's mean negative log-likelihood, in window order (the units a paired
+    bootstrap resamples).
+    """
     seq_len = int(seq_len or _default_seq_len(model))
     if seq_len < 2:
         raise EvaluationError(f"seq_len={seq_len} is too short; perplexity needs windows of at least 2 tokens.")
@@ -181,6 +185,7 @@ def perplexity_details(
         "seq_len": seq_len,
         "tokens": num_windows * seq_len,
         "text": description,
+        "window_nlls": nlls,
     }
 
 

@@ -3,7 +3,9 @@
 Task names (``--tasks`` on the command line):
 
 * ``wikitext2``, ``c4``: perplexity (:func:`~hf_calibprune.evaluation.perplexity.perplexity`);
-  ``ppl:PATH`` for a local text or JSON Lines file.
+  ``ppl:PATH`` for a local text or JSON Lines file; ``ppl:SOURCE`` (``ppl:gsm8k``, ``ppl:race``, ``ppl:c4``,
+  ``ppl:ud@de``) for the held-apart text of a calibration source's domain
+  (:mod:`~hf_calibprune.evaluation.domains`).
 * ``gsm8k``, ``svamp``, ``mawps``, ``anli_r1``, ``esnli``, ``rte``, ``boolq``, ``commonsense_qa``, ``race``,
   ``winogrande``: the study's few-shot generation accuracy; ``NAME:cot`` with chain-of-thought exemplars.
 * ``lm-eval:NAME`` (``boolq``, ``rte``, ``hellaswag``, ``winogrande``, ``arc_easy``, ``arc_challenge``,
@@ -23,6 +25,7 @@ import torch
 
 from ..registry import suggest
 from .data import EvaluationError
+from .domains import domain_split, is_domain
 from .fewshot import FEWSHOT_TASKS, evaluate_fewshot
 from .harness import HARNESS_TASKS, WANDA_ZERO_SHOT_TASKS, evaluate_harness
 from .perplexity import PERPLEXITY_SOURCES, perplexity_details
@@ -40,7 +43,8 @@ class TaskSpec:
 
     Args:
         name (`str`): the key results are stored under (``"wikitext2"``, ``"gsm8k:cot"``, ``"lm-eval:boolq"``).
-        kind (`str`): ``"perplexity"``, ``"fewshot"`` or ``"harness"``.
+        kind (`str`): ``"perplexity"``, ``"domain"`` (perplexity on a source's held-apart text), ``"fewshot"``
+            or ``"harness"``.
         target (`str`): source name, path, few-shot task or lm-eval task.
         cot (`bool`): chain-of-thought exemplars (few-shot only).
     """
@@ -72,6 +76,8 @@ def parse_tasks(tasks: str | Sequence[str]) -> list[TaskSpec]:
                 specs.append(TaskSpec(f"lm-eval:{item}", "harness", item))
         elif lowered in PERPLEXITY_SOURCES:
             specs.append(TaskSpec(lowered, "perplexity", lowered))
+        elif lowered.startswith("ppl:") and is_domain(name[4:]) and not os.path.isfile(name[4:]):
+            specs.append(TaskSpec(name, "domain", name[4:]))
         elif lowered.startswith("ppl:"):
             specs.append(TaskSpec(name, "perplexity", name[4:]))
         else:
@@ -121,10 +127,19 @@ def evaluate_model(
         if spec.kind == "harness":
             continue
         started = time.perf_counter()
-        if spec.kind == "perplexity":
+        if spec.kind in ("perplexity", "domain"):
+            split = domain_split(spec.target, data_dir) if spec.kind == "domain" else None
             metrics = perplexity_details(
-                model, tokenizer, spec.target, seq_len=seq_len, batch_size=max(1, batch_size // 4), limit=limit, data_dir=data_dir
+                model,
+                tokenizer,
+                split.texts if split is not None else spec.target,
+                seq_len=seq_len,
+                batch_size=max(1, batch_size // 4),
+                limit=limit,
+                data_dir=data_dir,
             )
+            if split is not None:
+                metrics["text"] = split.description
         else:
             metrics = evaluate_fewshot(
                 model, tokenizer, spec.target, data_dir=data_dir, limit=limit, batch_size=batch_size, cot=spec.cot

@@ -1,14 +1,19 @@
-"""Run a calibration study: prune a fresh model per grid cell, evaluate it, cache the result, resume.
+"""Run a calibration study: prune a fresh model per grid cell and seed, evaluate it, cache the result, resume.
 
 Each finished run is written to ``OUT/runs/<run id>.json`` (temporary sibling, then rename) before the
 next starts; the run id hashes every setting the numbers depend on, so a rerun with the same settings
 skips what is done and a changed setting runs again. Failed runs are not cached.
+
+A source evaluated on its own domain (``ppl:race`` with ``race`` in the grid) calibrates on the rows its
+domain text was not taken from: they are written once to ``OUT/held_apart/<source>.jsonl`` and passed as
+the source's ``data_files``, and the study checks by sha256 that no evaluation row is among them.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
+import json
 import logging
 import os
 import time
@@ -40,6 +45,7 @@ class StudyResult:
         reused (`int`): runs read back from the cache.
         failed (`int`): runs that raised an error (not cached).
         files (`dict[str, Path]`): the tables, plots and summary written.
+        skipped (`int`): runs not started because the ``deadline`` would have passed.
     """
 
     records: list[dict[str, Any]]
@@ -48,6 +54,7 @@ class StudyResult:
     reused: int
     failed: int
     files: dict[str, Path]
+    skipped: int = 0
 
 
 class _ModelSource:
@@ -64,11 +71,12 @@ class _ModelSource:
             # Dequantizing a GGUF file takes long; do it once and copy the untouched weights per run.
             if self._pristine is None:
                 self._pristine, self.tokenizer = self.loader(self.settings.model, gguf_file=self.settings.gguf_file)
-            return copy.deepcopy(self._pristine)
-        model, tokenizer = self.loader(self.settings.model)
-        if self.tokenizer is None:
-            self.tokenizer = tokenizer
-        return model
+            model = copy.deepcopy(self._pristine)
+        else:
+            model, tokenizer = self.loader(self.settings.model)
+            if self.tokenizer is None:
+                self.tokenizer = tokenizer
+        return model if self.settings.device is None else model.to(self.settings.device)
 
 
 def _read_cached(path: Path, run: StudyRun) -> dict[str, Any] | None:
@@ -84,12 +92,53 @@ def _read_cached(path: Path, run: StudyRun) -> dict[str, Any] | None:
     return record
 
 
-def _prune(model: torch.nn.Module, tokenizer: Any, run: StudyRun, settings: StudySettings) -> dict[str, Any]:
+class _HeldApart:
+    """Calibration files with each evaluated domain's held-apart rows removed, written once per study."""
+
+    def __init__(self, settings: StudySettings, output: Path) -> None:
+        self.settings = settings
+        self.folder = output / "held_apart"
+        self._files: dict[str, str | None] = {}
+
+    def data_files(self, run: StudyRun) -> str | None:
+        """The file ``run`` calibrates on instead of its source's own, or `None` (no domain of its own evaluated)."""
+        from ..evaluation.domains import domain_split
+
+        source = run.calibration
+        if f"ppl:{source}".lower() not in {task.lower() for task in run.eval}:
+            return None
+        if source not in self._files:
+            split = domain_split(source, self.settings.data_dir)
+            path = None
+            if split.calibration_rows is not None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                path = self.folder / f"{source.replace('@', '-')}.jsonl"
+                text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in split.calibration_rows)
+                _write_text_atomic(path, text)
+            shared = split.hashes & split.calibration_hashes
+            if shared:  # domain_split drops such rows; this is the study's own check that it did
+                raise CalibPruneError(f"Domain '{source}': {len(shared)} evaluation rows are also calibration rows.")
+            logger.info("%s; calibration rows: %d (sha256 checked: none shared).", split.description, len(split.calibration_hashes))
+            self._files[source] = None if path is None else str(path)
+        return self._files[source]
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _prune(
+    model: torch.nn.Module, tokenizer: Any, run: StudyRun, settings: StudySettings, data_files: str | None
+) -> dict[str, Any]:
     from ..calibration import CalibrationConfig
     from ..config import PruningConfig
     from ..pruner import CalibratedPruner
 
-    calibration = CalibrationConfig(sources=run.calibration, format=run.format, data_dir=settings.data_dir)
+    calibration = CalibrationConfig(
+        sources=run.calibration, format=run.format, data_dir=settings.data_dir, data_files=data_files
+    )
     config = PruningConfig(
         method=run.method,
         sparsity=settings.sparsity,
@@ -97,7 +146,7 @@ def _prune(model: torch.nn.Module, tokenizer: Any, run: StudyRun, settings: Stud
         calibration=calibration,
         num_samples=settings.num_samples,
         seq_len=settings.seq_len,
-        seed=settings.seed,
+        seed=run.seed,
     )
     CalibratedPruner(config, tokenizer=tokenizer).prune(model)
     report = model.pruning_report
@@ -105,6 +154,7 @@ def _prune(model: torch.nn.Module, tokenizer: Any, run: StudyRun, settings: Stud
         "overall_sparsity": report.overall_sparsity,
         "prune_seconds": report.seconds,
         "calibration_fingerprint": report.calibration,
+        "calibration_sha256": (report.calibration or {}).get("token_sha256", "")[:16],
     }
 
 
@@ -113,6 +163,7 @@ def run_study(
     output_dir: str | os.PathLike,
     *,
     loader: Callable[..., tuple[torch.nn.Module, Any]] | None = None,
+    deadline: float | None = None,
 ) -> StudyResult:
     """Run (or resume) the study described by ``settings`` and write its tables, plots and summary.
 
@@ -121,10 +172,13 @@ def run_study(
         output_dir (`str`): where ``runs/``, ``results.csv``, ``results.md``, ``*.png`` and ``summary.txt`` go.
         loader (`Callable`, *optional*): ``loader(model, gguf_file=None) -> (model, tokenizer)``; defaults to
             :func:`hf_calibprune.models.loading.load_model_and_tokenizer` in float32, with a tokenizer required.
+        deadline (`float`, *optional*): a :func:`time.monotonic` time; a run is not started when the longest run
+            so far (pruned in this call, or timed in a cached record) would end after it. Skipped runs are left
+            out of the outputs and named in the notes, and a later call with a later deadline resumes them.
     """
     from ..evaluation import evaluate_model, headline_metrics, parse_tasks
 
-    parse_tasks(list(settings.eval))  # unknown task names fail before any pruning
+    parse_tasks(list(settings.eval) + list(settings.language_eval()))  # unknown task names fail before any pruning
     plan = plan_study(settings)
     output = Path(output_dir)
     runs_dir = output / "runs"
@@ -135,17 +189,26 @@ def run_study(
 
         loader = partial(load_model_and_tokenizer, dtype=torch.float32, require_tokenizer=True)
     models = _ModelSource(settings, loader)
+    held_apart = _HeldApart(settings, output)
 
     records: list[dict[str, Any]] = []
     pruned = reused = failed = 0
+    skipped: list[str] = []
+    longest = 0.0
     for index, run in enumerate(plan.runs, start=1):
         path = runs_dir / f"{run.run_id}.json"
         cached = _read_cached(path, run)
         if cached is not None:
             reused += 1
             records.append(cached)
+            if not run.is_dense:  # a resumed study judges its budget by the runs it already timed
+                longest = max(longest, float(cached.get("prune_seconds") or 0) + float(cached.get("eval_seconds") or 0))
             logger.info("[%d/%d] %s: cached, skipped.", index, len(plan.runs), run.run_id)
             continue
+        if deadline is not None and (skipped or time.monotonic() + longest > deadline):
+            skipped.append(run.run_id)
+            continue
+        run_started = time.monotonic()
         logger.info("[%d/%d] %s: %s", index, len(plan.runs), run.run_id, "evaluating the dense model" if run.is_dense else "pruning")
         record: dict[str, Any] = {
             "run_id": run.run_id,
@@ -154,6 +217,8 @@ def run_study(
             "calibration": run.calibration,
             "format": run.format,
             "requested_format": run.requested_format,
+            "kind": run.kind,
+            "seed": run.seed,
             "sparsity": 0.0 if run.is_dense else settings.sparsity,
             "pattern": "-" if run.is_dense else settings.pattern,
         }
@@ -161,15 +226,15 @@ def run_study(
         try:
             model = models.fresh()
             if run.is_dense:
-                record.update(overall_sparsity=0.0, prune_seconds=0.0, calibration_fingerprint=None)
+                record.update(overall_sparsity=0.0, prune_seconds=0.0, calibration_fingerprint=None, calibration_sha256="")
             else:
-                record.update(_prune(model, models.tokenizer, run, settings))
+                record.update(_prune(model, models.tokenizer, run, settings, held_apart.data_files(run)))
             record["parameters"] = sum(p.numel() for p in model.parameters())  # structured patterns shrink it
             started = time.perf_counter()
             results = evaluate_model(
                 model,
                 models.tokenizer,
-                list(settings.eval),
+                list(run.eval),
                 data_dir=settings.data_dir,
                 limit=settings.limit,
                 seq_len=settings.eval_seq_len or settings.seq_len,
@@ -190,7 +255,16 @@ def run_study(
         finally:
             del model
             gc.collect()
+        longest = max(longest, time.monotonic() - run_started)
         records.append(record)
-    logger.info("Study: pruned %d run(s), reused %d cached run(s), %d failed.", pruned, reused, failed)
-    files = write_outputs(records, output, notes=plan.notes)
-    return StudyResult(records=records, plan=plan, pruned=pruned, reused=reused, failed=failed, files=files)
+    notes = list(plan.notes)
+    if skipped:
+        notes.append(
+            f"{len(skipped)} of {len(plan.runs)} runs were not started because the time budget would have run out "
+            f"(first: {skipped[0]}); rerun with more time to resume them."
+        )
+    logger.info("Study: pruned %d run(s), reused %d cached run(s), %d failed, %d skipped.", pruned, reused, failed, len(skipped))
+    files = write_outputs(records, output, notes=notes, baseline=settings.baseline_source)
+    return StudyResult(
+        records=records, plan=plan, pruned=pruned, reused=reused, failed=failed, files=files, skipped=len(skipped)
+    )

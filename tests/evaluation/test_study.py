@@ -50,7 +50,9 @@ def test_study_end_to_end_and_resume(saved_model, small_data_dir, tmp_path, caps
     assert float(by_source["c4"]["wikitext2/ppl"]) != float(rows[0]["wikitext2/ppl"])
     assert "format 'icl' does not apply" in (output / "summary.txt").read_text(encoding="utf-8")
     markdown = (output / "results.md").read_text(encoding="utf-8")
-    assert markdown.startswith("| run_id |") and markdown.count("\n| ") == 3  # header, then dense and two pruned rows
+    runs_table = markdown.split("## Runs\n\n", 1)[1]
+    assert runs_table.startswith("| run_id |") and runs_table.count("\n| ") == 3  # header, then dense and two pruned rows
+    assert markdown.startswith("## Cells")
     png = output / "wikitext2_ppl.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -87,8 +89,8 @@ def test_summary_names_the_best_choice_per_metric():
     records[1]["calibration_fingerprint"] = records[2]["calibration_fingerprint"] = {"token_sha256": "ab" * 32}
     text = summarize(records)
     assert "c4 (plain) and gsm8k (icl) calibrated on identical tokens" in text
-    assert "w/ppl: best calibration c4 (plain, wanda) = 12.0000" in text
-    assert "g/acc: best calibration gsm8k (icl, wanda) = 0.4000" in text
+    assert "w/ppl: lowest mean c4 (plain), wanda = 12.0000" in text
+    assert "g/acc: highest mean gsm8k (icl), wanda = 0.4000" in text
 
 
 def test_bad_settings_fail_before_anything_runs(small_data_dir):
@@ -101,3 +103,20 @@ def test_bad_settings_fail_before_anything_runs(small_data_dir):
         plan_study(StudySettings(calibration=("c5",), **base))
     with pytest.raises(CalibPruneError, match="sparsity"):
         plan_study(StudySettings(sparsity=1.5, **base))
+
+
+def test_a_spent_time_budget_starts_no_run_and_a_later_call_resumes(saved_model, small_data_dir, tmp_path):
+    import time
+
+    from hf_calibprune.study import run_study
+
+    settings = StudySettings(
+        model=str(saved_model), calibration=("c4",), eval=("wikitext2",), num_samples=4, seq_len=32, limit=2,
+        seeds=(0, 1), data_dir=str(small_data_dir),
+    )
+    spent = run_study(settings, tmp_path / "out", deadline=time.monotonic() - 1)
+    assert (spent.pruned, spent.skipped, spent.records) == (0, 3, [])
+    assert "3 of 3 runs were not started because the time budget would have run out" in (tmp_path / "out" / "summary.txt").read_text()
+    resumed = run_study(settings, tmp_path / "out", deadline=time.monotonic() + 3600)
+    assert (resumed.pruned, resumed.skipped) == (2, 0)
+    assert [record["seed"] for record in resumed.records] == [None, 0, 1]

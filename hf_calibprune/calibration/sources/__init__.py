@@ -7,7 +7,7 @@ from typing import Any
 from ..config import CalibrationConfigError
 from ...registry import Registry
 
-__all__ = ["SOURCES", "source_class_for", "sources_with_rationales", "sources_supporting"]
+__all__ = ["SOURCES", "make_source", "source_class_for", "sources_with_language", "sources_with_rationales", "sources_supporting"]
 
 _PACKAGE = "hf_calibprune.calibration.sources"
 
@@ -35,6 +35,8 @@ SOURCES: Registry[Any] = Registry(
         "random": f"{_PACKAGE}.random_text:RandomSource",
         "ellipses": f"{_PACKAGE}.ellipses:EllipsesSource",
         "self": f"{_PACKAGE}.self_generated:SelfSource",
+        "wikipedia": f"{_PACKAGE}.wikipedia:WikipediaSource",
+        "ud": f"{_PACKAGE}.ud:UDSource",
     },
     error=CalibrationConfigError,
 )
@@ -43,10 +45,33 @@ SOURCES: Registry[Any] = Registry(
 def source_class_for(component: Any) -> type:
     """The class behind a validated mixture entry (a registered source, else :class:`CustomSource`)."""
     if component.kind == "registered":
-        return SOURCES.get(component.name)
+        from ._language import split_language
+
+        return SOURCES.get(split_language(component.name)[0])
     from .base import CustomSource
 
     return CustomSource
+
+
+def make_source(name: str) -> Any:
+    """An instance of registered source ``name``; ``"c4@de"`` gives :class:`C4Source` in German."""
+    from ._language import split_language
+
+    base, language = split_language(name)
+    cls = SOURCES.get(base)
+    if language is None:
+        return cls()
+    if not getattr(cls, "takes_language", False):
+        raise CalibrationConfigError(
+            f"Source '{base}' has no language choice ('{name}'); sources with languages: "
+            f"{', '.join(sources_with_language())}."
+        )
+    return cls(language=language)
+
+
+def sources_with_language() -> list[str]:
+    """Registered names that take ``@lang``."""
+    return [name for name in SOURCES if getattr(SOURCES.get(name), "takes_language", False)]
 
 
 def sources_with_rationales() -> list[str]:

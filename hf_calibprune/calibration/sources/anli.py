@@ -49,6 +49,7 @@ class ANLIR1Source(_ANLISource):
     hub = HubSpec("facebook/anli", split="train_r1", revision=_REVISION, study_id="anli")
     local_dirs = ("anli", "anli_r1")
     local_patterns = ("anli_r1_train.jsonl", "anli_r1_dev.jsonl", "anli_r1_valid*.jsonl")
+    eval_patterns = ("anli_r1_test.jsonl",)
 
 
 class ANLIR2Source(_ANLISource):

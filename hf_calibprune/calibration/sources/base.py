@@ -87,6 +87,9 @@ class CalibrationSource:
     local_dirs: ClassVar[tuple[str, ...]] = ()
     #: Glob patterns inside the folder, in preference order; the first that matches is read.
     local_patterns: ClassVar[tuple[str, ...]] = ("train*.jsonl", "*.jsonl")
+    #: Glob patterns of a separate evaluation split beside the calibration files (``test.jsonl``); the
+    #: source's held-apart domain text (:mod:`hf_calibprune.evaluation.domains`). Empty: none exists.
+    eval_patterns: ClassVar[tuple[str, ...]] = ()
     #: Where the study's code defines this source (for docs and ``calibration list``).
     reference: ClassVar[str] = ""
     formats: ClassVar[tuple[str, ...]] = ("plain",)

@@ -33,6 +33,7 @@ class CommonsenseQASource(TaskSource):
     description = "CommonsenseQA multiple choice; CoT from local distilling-step-by-step rationale files"
     hub = HubSpec("tau/commonsense_qa", split="train", study_id="commonsense_qa")
     local_patterns = ("cqa_train.jsonl", "train*.jsonl")
+    eval_patterns = ("cqa_validation.jsonl", "validation*.jsonl")
     formats = ("plain", "zero", "single", "icl", "cot")
     fields = ("question", "choices", "answerKey")
     prompt_template = "Question: {question}\nChoices:\n{choices}\nAnswer: "

@@ -18,6 +18,7 @@ class ESNLISource(TaskSource):
     description = "e-SNLI natural language inference; CoT from explanation_1"
     hub = HubSpec("esnli", split="train")
     local_patterns = ("esnli_train.jsonl", "*train*.jsonl", "esnli_valid.jsonl", "*valid*.jsonl")
+    eval_patterns = ("esnli_test.jsonl",)
     formats = ("plain", "zero", "single", "icl", "cot")
     fields = ("premise", "hypothesis", "label", "explanation_1")
     prompt_template = NLI_PROMPT

@@ -17,6 +17,7 @@ class GSM8KSource(TaskSource):
     description = "GSM8K grade-school math; CoT from the reference solutions"
     hub = HubSpec("openai/gsm8k", name="main", split="train", study_id="gsm8k")
     local_patterns = ("train.jsonl", "train*.jsonl")
+    eval_patterns = ("test.jsonl", "test.shared.jsonl", "test*.jsonl")
     formats = ("plain", "zero", "single", "icl", "cot")
     fields = ("question", "answer")
     prompt_template = "Question: {question}\nAnswer: "

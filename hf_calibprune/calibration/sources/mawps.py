@@ -23,6 +23,7 @@ class MAWPSSource(TaskSource):
     description = "MAWPS math word problems with equations"
     hub = HubSpec("MU-NLPC/Calc-mawps", split="train")
     local_patterns = ("trainset.json", "train*.json*", "MAWPS.json")
+    eval_patterns = ("testset.json",)
     fields = ("question", "expression")
     prompt_template = "Question: {question}\nAnswer: "
     answer_template = "Question: {question}\nAnswer: {expression}"

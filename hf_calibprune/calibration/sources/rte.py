@@ -18,6 +18,7 @@ class RTESource(TaskSource):
     description = "RTE textual entailment (entailment / not_entailment)"
     hub = HubSpec("yangwang825/rte", name="main", split="train")
     local_patterns = ("train.jsonl", "train*.jsonl")
+    eval_patterns = ("val.jsonl", "validation*.jsonl")
     fields = ("premise", "hypothesis", "label")
     prompt_template = NLI_PROMPT
     answer_template = NLI_ANSWER
