@@ -27,12 +27,35 @@ DEFAULT_DATA = REPO.parent / "shared" / "data"
 C4_FILE = "c4/c4-train.00000-of-01024.docs000-799.jsonl"
 
 
+def dense_pass_seconds(model, samples, config) -> float:
+    """Seconds of one pass of ``samples`` through the decoder blocks, run as the engine runs them for ``config``."""
+    from hf_calibprune.engine import EngineOptions, LayerwiseEngine
+
+    options = EngineOptions(batch_size=config.batch_size, schedule=config.schedule, progress=False)
+    engine = LayerwiseEngine(model, options)
+    captured = engine.capture(samples.input_ids, samples.attention_mask)
+    started = time.perf_counter()
+    engine.forward_blocks(captured)
+    return time.perf_counter() - started
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(script: str, spec: dict) -> dict:
+    """Run ``script --child SPEC`` in a fresh process and return the dict it prints on its ``RESULT`` line."""
+    finished = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if finished.returncode != 0:
+        sys.exit(f"the run {json.dumps(spec)} failed:\n{finished.stderr[-4000:]}")
+    return json.loads(next(line for line in finished.stdout.splitlines() if line.startswith("RESULT "))[7:])
+
+
 def child(spec: dict) -> dict:
     import torch
 
     from hf_calibprune import CalibratedPruner, PruningConfig
     from hf_calibprune.calibration import build_calibration_samples
-    from hf_calibprune.engine import EngineOptions, LayerwiseEngine
     from hf_calibprune.evaluation import perplexity
     from hf_calibprune.models.smollm2 import load_smollm2
 
@@ -49,26 +72,18 @@ def child(spec: dict) -> dict:
         samples = build_calibration_samples(
             config.calibration, tokenizer, num_samples=config.num_samples, seq_len=config.seq_len, seed=0
         )
-        engine = LayerwiseEngine(model, EngineOptions(batch_size=config.batch_size, schedule=config.schedule, progress=False))
-
-        def dense_pass_seconds() -> float:
-            captured = engine.capture(samples.input_ids, samples.attention_mask)
-            started = time.perf_counter()
-            engine.forward_blocks(captured)
-            return time.perf_counter() - started
-
         # The pass is timed before and after pruning (dense kernels cost the same on zeros) and averaged, so a
         # slow or fast stretch of this shared machine does not land on one side of the ratio only.
-        before = dense_pass_seconds()
+        before = dense_pass_seconds(model, samples, config)
         CalibratedPruner(config, tokenizer=tokenizer, progress=False).prune(model)
-        after = dense_pass_seconds()
+        after = dense_pass_seconds(model, samples, config)
         report = model.pruning_report
         result["dense_forward_s"] = (before + after) / 2
         result["dense_forward_before_after_s"] = [before, after]
         result["prune_s"] = report.seconds
         result["ratio"] = report.seconds / result["dense_forward_s"]
         result["sparsity"] = report.overall_sparsity
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     result["perplexity"] = perplexity(
         model, tokenizer, "wikitext2", seq_len=spec["eval_seq_len"], limit=spec["ppl_windows"], data_dir=data_dir,
         batch_size=4,
@@ -121,10 +136,7 @@ def main() -> None:
             specs += [dict(common, method=method, pattern=pattern, schedule=s) for s in schedules]
     results = []
     for spec in specs:
-        finished = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
-        if finished.returncode != 0:
-            sys.exit(f"the run {json.dumps(spec)} failed:\n{finished.stderr[-4000:]}")
-        result = json.loads(next(line for line in finished.stdout.splitlines() if line.startswith("RESULT "))[7:])
+        result = run_child(__file__, spec)
         results.append(result)
         print(json.dumps(result), flush=True)
     command = "python bench/prune_benchmark.py " + " ".join(sys.argv[1:])
