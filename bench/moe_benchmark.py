@@ -30,28 +30,22 @@ PERPLEXITY_TOLERANCE = 0.05
 TIME_RATIO_LIMIT = 1.5
 
 
-def tokens_per_expert(report) -> list[int]:
-    """Calibration tokens routed to each expert, in block then expert order, as the report records them.
+def tokens_per_expert(report) -> tuple[list[int], list[str]]:
+    """Calibration tokens routed to each expert, and the statistics (``"routed"``/``"all"``) it was pruned with.
 
-    The one place that knows where the report keeps these counts; ``[]`` when it keeps none (a dense model, or
-    an engine that does not count them).
+    Block by block, expert by expert; the one place that reads them from the report (``PruningReport.experts``:
+    per fused experts module, ``{"tokens": [...], "statistics": [...]}``). Empty for a dense model.
     """
-    experts = getattr(report, "experts", None)
-    if experts is None:
-        experts = report.to_dict().get("experts")
-    if not experts:
-        return []
-    if isinstance(experts, dict):
-        experts = [experts[name] for name in sorted(experts, key=_natural_key)]
-    counts: list[int] = []
-    for entry in experts:
-        tokens = entry.get("tokens", entry.get("tokens_per_expert")) if isinstance(entry, dict) else entry
-        counts += [int(t) for t in tokens] if isinstance(tokens, (list, tuple)) else [int(tokens)]
-    return counts
+    tokens: list[int] = []
+    sources: list[str] = []
+    for name in sorted(report.experts, key=_natural_key):
+        tokens += report.experts[name]["tokens"]
+        sources += report.experts[name]["statistics"]
+    return tokens, sources
 
 
 def _natural_key(name: str) -> list:
-    return [int(part) if part.isdigit() else part for part in name.replace("[", ".").replace("]", "").split(".")]
+    return [int(part) if part.isdigit() else part for part in name.split(".")]
 
 
 def expert_matrix_sparsity(model) -> dict[str, float]:
@@ -147,7 +141,7 @@ def child(spec: dict) -> dict:
         result["report_overall_sparsity"] = report.overall_sparsity
         result["counted_block_sparsity"] = block_weight_sparsity(model)
         result["expert_sparsity"] = expert_matrix_sparsity(model)
-        result["tokens_per_expert"] = tokens_per_expert(report)
+        result["tokens_per_expert"], result["expert_statistics"] = tokens_per_expert(report)
     result["peak_rss_mb"] = peak_rss_mb()
     result["perplexity"] = perplexity(
         model, tokenizer, "wikitext2", seq_len=spec["eval_seq_len"], limit=spec["limit"], data_dir=spec["data_dir"],
@@ -160,10 +154,13 @@ def _experts_at_target(sparsity: dict[str, float]) -> str:
     return f"{sum(value == 0.5 for value in sparsity.values())}/{len(sparsity)}" if sparsity else "-"
 
 
-def _tokens(counts: list[int]) -> str:
+def _tokens(run: dict) -> str:
+    counts = run["tokens_per_expert"]
     if not counts:
         return "not reported"
-    return f"{min(counts)} / {statistics.mean(counts):.0f} / {max(counts)}"
+    fallback = run["expert_statistics"].count("all") if run["moe_calibration"] == "routed" else 0
+    return f"{min(counts)} / {statistics.mean(counts):.0f} / {max(counts)}" + (
+        f" ({fallback} on all-token statistics)" if fallback else "")
 
 
 def markdown(results: list[dict], command: str) -> str:
@@ -190,7 +187,7 @@ def markdown(results: list[dict], command: str) -> str:
             f"{r['report_overall_sparsity']:.4f} / {r['counted_block_sparsity']:.4f}",
             f"{r['prune_s']:.1f}", f"{r['ratio']:.2f}",
             f"{r['ratio'] / reference['ratio']:.2f}" if reference else "-",
-            f"{before:.1f} / {after:.1f}", _tokens(r["tokens_per_expert"]) if r["model"] != "dense" else "-",
+            f"{before:.1f} / {after:.1f}", _tokens(r) if r["model"] != "dense" else "-",
             f"{r['peak_rss_mb']:.0f}",
         ])
     return command_table(command, header, rows, text_columns=3)
