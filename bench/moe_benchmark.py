@@ -13,16 +13,14 @@ batch through that model's own blocks (timed before and after pruning in the sam
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
 
 from docs_section import command_table, write_section
-from prune_benchmark import C4_FILE, DEFAULT_DATA, dense_pass_seconds, peak_rss_mb, run_child
+from prune_benchmark import C4_FILE, benchmark_parser, common_spec, dense_pass_seconds, peak_rss_mb, run_child
 
 NUM_EXPERTS, TOP_K = 4, 2
 # Targets of issue 13.
@@ -221,27 +219,15 @@ def targets(results: list[dict]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--methods", default="wanda,sparsegpt")
-    parser.add_argument("--num-samples", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--eval-seq-len", type=int, default=512)
     parser.add_argument("--limit", type=int, default=40, help="WikiText-2 windows evaluated (0: all).")
-    parser.add_argument("--data-dir", default=os.environ.get("HF_CALIBPRUNE_DATA_DIR", str(DEFAULT_DATA)))
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default).")
-    parser.add_argument("--write-docs", action="store_true", help="Update docs/benchmarks.md.")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(json.loads(args.child))))
         return
-    if not (Path(args.data_dir) / C4_FILE).is_file():
-        sys.exit(f"calibration data not found under {args.data_dir}; pass --data-dir (see ../shared/data/SOURCES.md)")
-    common = dict(
-        num_samples=args.num_samples, seq_len=args.seq_len, batch_size=args.batch_size, eval_seq_len=args.eval_seq_len,
-        limit=args.limit or None, data_dir=args.data_dir, threads=args.threads,
-    )
+    common = dict(common_spec(args), limit=args.limit or None, threads=args.threads)
     specs = [dict(common, model=model, method="none", moe_calibration="-") for model in ("dense", "upcycled")]
     for method in args.methods.split(","):
         specs.append(dict(common, model="dense", method=method, moe_calibration="-"))

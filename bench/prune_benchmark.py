@@ -51,6 +51,27 @@ def run_child(script: str, spec: dict) -> dict:
     return json.loads(next(line for line in finished.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
 
+def benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the flags every pruning benchmark shares: calibration and evaluation sizes, data, docs."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-seq-len", type=int, default=512)
+    parser.add_argument("--data-dir", default=os.environ.get("HF_CALIBPRUNE_DATA_DIR", str(DEFAULT_DATA)))
+    parser.add_argument("--write-docs", action="store_true", help="Update docs/benchmarks.md.")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    return parser
+
+
+def common_spec(args: argparse.Namespace) -> dict:
+    """The settings of :func:`benchmark_parser` every run shares; exits when the calibration data is missing."""
+    if not (Path(args.data_dir) / C4_FILE).is_file():
+        sys.exit(f"calibration data not found under {args.data_dir}; pass --data-dir (see ../shared/data/SOURCES.md)")
+    return dict(num_samples=args.num_samples, seq_len=args.seq_len, batch_size=args.batch_size,
+                eval_seq_len=args.eval_seq_len, data_dir=args.data_dir)
+
+
 def child(spec: dict) -> dict:
     import torch
 
@@ -107,28 +128,16 @@ def markdown(results: list[dict], command: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--methods", default="magnitude,wanda,sparsegpt")
     parser.add_argument("--patterns", default="unstructured,2:4")
     parser.add_argument("--schedules", default="sequential,one-pass")
-    parser.add_argument("--num-samples", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--eval-seq-len", type=int, default=512)
     parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows evaluated (None: all).")
-    parser.add_argument("--data-dir", default=os.environ.get("HF_CALIBPRUNE_DATA_DIR", str(DEFAULT_DATA)))
-    parser.add_argument("--write-docs", action="store_true", help="Update docs/benchmarks.md.")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(json.loads(args.child))))
         return
-    if not (Path(args.data_dir) / C4_FILE).is_file():
-        sys.exit(f"calibration data not found under {args.data_dir}; pass --data-dir (see ../shared/data/SOURCES.md)")
-    common = dict(
-        num_samples=args.num_samples, seq_len=args.seq_len, batch_size=args.batch_size, eval_seq_len=args.eval_seq_len,
-        ppl_windows=args.ppl_windows, data_dir=args.data_dir,
-    )
+    common = dict(common_spec(args), ppl_windows=args.ppl_windows)
     specs = [dict(common, method="dense", pattern="-", schedule="-")]
     for method in args.methods.split(","):
         for pattern in args.patterns.split(","):
