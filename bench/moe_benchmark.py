@@ -13,7 +13,6 @@ batch through that model's own blocks (timed before and after pruning in the sam
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 import sys
@@ -77,14 +76,11 @@ def block_weight_sparsity(model) -> float:
 def _pruning_config(spec: dict):
     from hf_calibprune import PruningConfig
 
-    fields = {f.name for f in dataclasses.fields(PruningConfig)}
-    extra = {}
-    if spec["model"] == "upcycled" and "moe_calibration" in fields:
-        extra["moe_calibration"] = spec["moe_calibration"]
+    moe = {"moe_calibration": spec["moe_calibration"]} if spec["model"] == "upcycled" else {}
     return PruningConfig(
         method=spec["method"], pattern="unstructured", sparsity=0.5, calibration=str(Path(spec["data_dir"]) / C4_FILE),
-        num_samples=spec["num_samples"], seq_len=spec["seq_len"], batch_size=spec["batch_size"], seed=0, **extra,
-    ), "moe_calibration" in extra
+        num_samples=spec["num_samples"], seq_len=spec["seq_len"], batch_size=spec["batch_size"], seed=0, **moe,
+    )
 
 
 def _load(spec: dict):
@@ -116,7 +112,7 @@ def child(spec: dict) -> dict:
         str(Path(spec["data_dir"]) / C4_FILE), tokenizer, num_samples=spec["num_samples"], seq_len=spec["seq_len"],
         seed=0,
     )
-    if spec["method"] == "none":
+    if spec["method"] == "none" and model is not dense:
         # Unpruned: the upcycling check on the first calibration samples, both experts implementations.
         batch = slice(0, min(4, spec["num_samples"]))
         ids, mask = samples.input_ids[batch], samples.attention_mask[batch]
@@ -125,10 +121,10 @@ def child(spec: dict) -> dict:
                                                                                       implementation)
             for implementation in (None, "eager")
         }
-    else:
+    elif spec["method"] != "none":
         if model is not dense:
             del dense
-        config, result["moe_calibration_applied"] = _pruning_config(spec)
+        config = _pruning_config(spec)
         before = dense_pass_seconds(model, samples, config)
         CalibratedPruner(config, tokenizer=tokenizer, progress=False).prune(model)
         after = dense_pass_seconds(model, samples, config)
@@ -173,8 +169,7 @@ def markdown(results: list[dict], command: str) -> str:
             rows.append([r["model"], "-", "-", f"{r['perplexity']:.2f}"] + ["-"] * 9 + [f"{r['peak_rss_mb']:.0f}"])
             continue
         reference = dense_runs.get(r["method"]) if r["model"] != "dense" else None
-        statistic = "-" if r["model"] == "dense" else r["moe_calibration"] + (
-            "" if r["moe_calibration_applied"] else " (not supported: ignored)")
+        statistic = "-" if r["model"] == "dense" else r["moe_calibration"]
         expert = r["expert_sparsity"]
         before, after = r["dense_forward_before_after_s"]
         rows.append([
