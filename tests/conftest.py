@@ -97,3 +97,25 @@ MOE_OVERRIDES = {
 def tiny_moe(model_type: str = "mixtral", seed: int = 0, **overrides):
     """A tiny random Mixture-of-Experts model of ``model_type`` (a key of :data:`MOE_OVERRIDES`)."""
     return tiny_model(model_type, seed=seed, **{**MOE_OVERRIDES[model_type], **overrides})
+
+
+def kill_once_a_block_is_saved(victim, resume_dir: Path, timeout: float) -> None:
+    """SIGKILL the pruning process ``victim`` as soon as its resume directory records a finished block."""
+    import json
+    import signal
+    import time
+
+    from hf_calibprune.engine.checkpointing import MANIFEST_NAME
+
+    manifest = Path(resume_dir) / MANIFEST_NAME
+    try:
+        deadline = time.monotonic() + timeout
+        while not (manifest.is_file() and json.loads(manifest.read_text())["completed_blocks"] >= 1):
+            assert victim.poll() is None, victim.stderr.read().decode()
+            assert time.monotonic() < deadline, "no block was saved in time"
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if victim.poll() is None:
+            victim.kill()

@@ -16,7 +16,7 @@ import torch
 from accelerate import dispatch_model
 from transformers import AutoModelForCausalLM
 
-from conftest import TEXT, make_tokenizer, tiny_model
+from conftest import TEXT, kill_once_a_block_is_saved, make_tokenizer, tiny_model
 from hf_calibprune import CalibratedPruner, PruningConfig
 from hf_calibprune.engine.checkpointing import MANIFEST_NAME
 from hf_calibprune.engine.offload import locate_weight, read_parameter
@@ -224,8 +224,6 @@ def test_interrupted_moe_run_resumes_bit_identical(model_type, overrides, refere
 
 @pytest.mark.slow
 def test_cli_killed_with_sigkill_resumes_an_moe_model_bit_identical(saved_moe, tmp_path):
-    import signal
-    import time
 
     from safetensors.torch import load_file
 
@@ -244,18 +242,7 @@ def test_cli_killed_with_sigkill_resumes_an_moe_model_bit_identical(saved_moe, t
     slow = {**env, "HF_CALIBPRUNE_TEST_BLOCK_DELAY": "30"}  # the kill lands while a finished block is committed
     victim = subprocess.Popen(command(tmp_path / "out", resume), env=slow, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while not ((resume / MANIFEST_NAME).is_file()
-                   and json.loads((resume / MANIFEST_NAME).read_text())["completed_blocks"] >= 1):
-            assert victim.poll() is None, victim.stderr.read().decode()
-            assert time.monotonic() < deadline, "no block was saved in time"
-            time.sleep(0.05)
-        victim.send_signal(signal.SIGKILL)
-        assert victim.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if victim.poll() is None:
-            victim.kill()
+    kill_once_a_block_is_saved(victim, resume, timeout=300)
     assert 1 <= json.loads((resume / MANIFEST_NAME).read_text())["completed_blocks"] < BLOCKS
     rerun = subprocess.run(command(tmp_path / "out", resume), env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr

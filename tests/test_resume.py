@@ -10,16 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TEXT, make_tokenizer, tiny_model
+from conftest import TEXT, kill_once_a_block_is_saved, make_tokenizer, tiny_model
 from hf_calibprune import CalibratedPruner, PruningConfig
 from hf_calibprune.cli import main
 from hf_calibprune.engine.checkpointing import MANIFEST_NAME, remove_checkpoint
@@ -290,17 +288,7 @@ def test_cli_killed_with_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_pat
     slow = {**env, "HF_CALIBPRUNE_TEST_BLOCK_DELAY": "30"}  # the kill lands while block 1 of 4 is committed
     victim = subprocess.Popen(command + cli_args(saved_model, output, resume), env=slow, cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 240
-        while not ((resume / MANIFEST_NAME).is_file() and manifest(resume)["completed_blocks"] >= 1):
-            assert victim.poll() is None, victim.stderr.read().decode()
-            assert time.monotonic() < deadline, "no block was saved in time"
-            time.sleep(0.05)
-        victim.send_signal(signal.SIGKILL)
-        assert victim.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if victim.poll() is None:
-            victim.kill()
+    kill_once_a_block_is_saved(victim, resume, timeout=240)
     done = manifest(resume)["completed_blocks"]
     assert 1 <= done < BLOCKS
     assert not output.exists()
