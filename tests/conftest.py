@@ -119,3 +119,13 @@ def kill_once_a_block_is_saved(victim, resume_dir: Path, timeout: float) -> None
     finally:
         if victim.poll() is None:
             victim.kill()
+
+
+def _mask_methods() -> list[str]:
+    from hf_calibprune.methods import MASK_PATTERNS, METHODS
+
+    return [name for name in METHODS.names() if set(MASK_PATTERNS) <= set(METHODS.get(name).patterns)]
+
+
+#: Registered methods that prune with masks (every unstructured and N:M pattern), not whole structures.
+MASK_METHODS = _mask_methods()

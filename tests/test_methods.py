@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hf_calibprune.errors import ConfigError, NumericalError
+from conftest import MASK_METHODS
 from hf_calibprune.methods import MASK_PATTERNS, METHODS, build_method
 from hf_calibprune.methods.sparsegpt import inverse_hessian_cholesky
 from hf_calibprune.methods.wanda import wanda_scores
@@ -12,7 +13,6 @@ from reference_pruning import fasterprune_reference
 
 PATTERNS = [("unstructured", 0.5), ("unstructured", 0.3), ("2:4", 0.5), ("4:8", 0.5), ("1:4", 0.75)]
 # Methods declare the patterns they prune; the mask contract covers those that take mask patterns.
-MASK_METHODS = [name for name in METHODS.names() if set(MASK_PATTERNS) <= set(METHODS.get(name).patterns)]
 STRUCTURED_ONLY = [name for name in METHODS.names() if not set(MASK_PATTERNS) & set(METHODS.get(name).patterns)]
 
 
