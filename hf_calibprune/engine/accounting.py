@@ -42,10 +42,6 @@ class WeightCount:
     zeros: int
     total: int
 
-    @property
-    def sparsity(self) -> float:
-        return self.zeros / self.total if self.total else 0.0
-
 
 def _pruned_parameters(block: nn.Module, ignore: tuple[str, ...]) -> set[str]:
     names = {f"{name}.weight" for name in find_prunable_linears(block, ignore)}
