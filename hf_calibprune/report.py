@@ -38,7 +38,7 @@ class PruningReport:
 
     Args:
         method (`str`): the pruning method.
-        pattern (`str`): ``"unstructured"``, ``"N:M"``, ``"channels"`` or ``"blocks"``.
+        pattern (`str`): ``"unstructured"``, ``"N:M"``, ``"channels"``, ``"blocks"`` or ``"experts"``.
         requested_sparsity (`float`): the configured target.
         overall_sparsity (`float`): measured fraction of zeros over every rank ≥ 2 weight inside the decoder
             blocks, pruned or not (routers, ignored Linears and weights the engine cannot prune count as they are);
@@ -63,7 +63,8 @@ class PruningReport:
             process: its share ``[start, stop)`` of the calibration samples and the devices its blocks ran on.
         structure (`dict`): for the structured patterns, parameters before and after (decoder blocks and whole
             model, counted from the weights) and what was removed per block (key/value groups, query heads, MLP
-            channels, or blocks); empty for mask patterns.
+            channels, or blocks; for ``"experts"``, the experts removed from each MoE module with every expert's
+            score and routed-token count); empty for mask patterns.
     """
 
     method: str
@@ -207,6 +208,10 @@ def _structure_lines(structure: dict[str, Any]) -> list[str]:
     ]
     if structure.get("removed_blocks") is not None:
         lines.append(f"removed blocks: {', '.join(structure['removed_blocks']) or 'none'}")
+    if structure.get("removed_experts") is not None:
+        lines.append(f"routed experts per MoE block: {structure['experts_before']} -> {structure['experts_after']}")
+    for name, experts in (structure.get("removed_experts") or {}).items():
+        lines.append(f"{name}: removed experts {experts or '-'}")
     for name, removed in (structure.get("removed") or {}).items():
         lines.append(
             f"{name}: removed query heads {removed['heads'] or '-'} (key/value groups {removed['kv_groups'] or '-'}), "

@@ -26,10 +26,11 @@ logger = logging.getLogger(__name__)
 
 
 def prune_structured(pruner: CalibratedPruner, model: nn.Module) -> nn.Module:
-    """Remove heads and MLP channels (``pattern="channels"``) or decoder blocks (``"blocks"``) from ``model``.
+    """Remove heads and MLP channels (``pattern="channels"``), decoder blocks (``"blocks"``) or routed experts
+    (``"experts"``) from ``model``.
 
-    Everything that can be refused (a sparsity that removes every head, an architecture without a known layout,
-    offloaded weights, resuming) is refused before calibration data is built.
+    Everything that can be refused (a sparsity that removes every head or expert, an architecture without a known
+    layout, offloaded weights, resuming) is refused before calibration data is built.
     """
     from .pruner import _check_token_ids, _process_shard
 
@@ -57,6 +58,8 @@ def prune_structured(pruner: CalibratedPruner, model: nn.Module) -> nn.Module:
     if config.pattern == "channels":
         engine.plan_width(method, config.sparsity)
         needs_data = method.needs != "none"
+    elif config.pattern == "experts":
+        needs_data = method.needs != "none" and engine.plan_experts(method, config.sparsity)[0] > 0
     else:
         engine.block_count(config.sparsity)
         needs_data = True
@@ -75,6 +78,8 @@ def prune_structured(pruner: CalibratedPruner, model: nn.Module) -> nn.Module:
         captured = engine.capture(shard.input_ids, shard.attention_mask) if shard is not None else None
         if config.pattern == "channels":
             result = engine.remove_channels(method, config.sparsity, captured)
+        elif config.pattern == "experts":
+            result = engine.remove_experts(method, config.sparsity, captured)
         else:
             result = engine.remove_blocks(method, config.sparsity, captured, shard.input_ids, shard.attention_mask)
     finally:

@@ -29,12 +29,13 @@ from ..sparsity import InputStatistics
 from .distributed import all_reduce_sums
 from .offload import locate_weight, read_parameter, write_parameter
 
-__all__ = ["ExpertCollector", "ExpertListCalls", "ExpertStore", "MoeCalibration", "eager_experts"]
+__all__ = ["ExpertCollector", "ExpertListCalls", "ExpertStore", "MoeCalibration", "eager_experts", "routing_arguments"]
 
 MoeCalibration = Literal["routed", "all"]
 
 _LINEAR_CALLS = {F.linear: False, torch.matmul: True, torch.Tensor.matmul: True, torch.Tensor.__matmul__: True}
 _INDEX_KEYWORDS = ("top_k_index", "topk_indices", "selected_experts", "router_indices", "topk_idx")
+_WEIGHT_KEYWORDS = ("top_k_weights", "topk_weights", "routing_weights", "router_scores", "topk_weight")
 
 
 @contextmanager
@@ -155,7 +156,7 @@ class ExpertCollector:
 
     def _make_pre_hook(self, fused: FusedExperts):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
-            hidden, index = _routing_arguments(args, kwargs)
+            hidden, index, _ = routing_arguments(args, kwargs)
             for expert in range(fused.num_experts):
                 for parameter in fused.parameters:
                     self.stats.setdefault(
@@ -291,15 +292,18 @@ def _rows(index: torch.Tensor, keep: torch.Tensor | None, fused: FusedExperts) -
     return {expert: keep[torch.where((index == expert).t())[1]] for expert in range(fused.num_experts)}
 
 
-def _routing_arguments(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def routing_arguments(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(hidden_states, expert indices, routing weights)`` of a call of a fused experts module (weights ``None``
+    where it was not given)."""
     hidden = args[0] if args else kwargs.get("hidden_states")
     index = args[1] if len(args) > 1 else next((kwargs[k] for k in _INDEX_KEYWORDS if k in kwargs), None)
+    weights = args[2] if len(args) > 2 else next((kwargs[k] for k in _WEIGHT_KEYWORDS if k in kwargs), None)
     if hidden is None or index is None:
         raise ModelStructureError(
             "a fused experts module was called without (hidden_states, expert indices, routing weights); "
             "hf_calibprune cannot follow its routing."
         )
-    return hidden, index
+    return hidden, index, weights
 
 
 def _which_expert(fused: FusedExperts, weight: torch.Tensor) -> tuple[str, int] | None:

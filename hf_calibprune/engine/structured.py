@@ -9,6 +9,12 @@ done, :func:`~hf_calibprune.models.surgery.apply_width` cuts the structures out 
 
 Depth (``pattern="blocks"``): the method asks for measurements (block influence, or calibration loss without
 given blocks) and :func:`~hf_calibprune.models.surgery.remove_blocks` deletes the chosen blocks.
+
+Experts (``pattern="experts"``): for each block with Mixture-of-Experts modules, REAP's saliency of every routed
+expert is gathered over the calibration tokens (:class:`~hf_calibprune.engine.saliency.SaliencyCollector`), the
+method scores the experts, the lowest-scored are cut out of the block at once
+(:func:`~hf_calibprune.models.surgery.cut_experts`) and the smaller block runs again to produce the next block's
+inputs, so every block is scored on the outputs of the already pruned blocks before it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..methods import PruningMethod
+from ..models import MoeBlock, RoutingLimits, expert_weight_norms, find_moe_blocks, routing_limits
 from ..models.surgery import (
     BlockWidth,
     add_output_bias,
@@ -31,8 +38,11 @@ from ..models.surgery import (
     apply_width,
     bias_route,
     block_width,
+    cut_experts,
     decoder_parameters,
     remove_blocks,
+    set_expert_count,
+    text_config,
 )
 from ..records import BlockRecord, LayerRecord
 from ..structured import (
@@ -40,7 +50,9 @@ from ..structured import (
     WidthPlan,
     block_influence_terms,
     compensation_bias,
+    expert_removal_count,
     group_scores,
+    lowest_experts,
     lowest_indices,
     plan_width,
 )
@@ -48,6 +60,7 @@ from .capture import CapturedInputs, block_hidden_output
 from .hooks import StatisticsCollector
 from .loop import LayerwiseEngine, _all_reduce
 from .offload import read_weight, write_weight
+from .saliency import SaliencyCollector
 
 __all__ = ["StructuredEngine", "StructuredResult"]
 
@@ -255,6 +268,87 @@ class StructuredEngine(LayerwiseEngine):
         if measures.rounds:
             result.structure["greedy_losses"] = measures.rounds
         return result
+
+    # Experts ------------------------------------------------------------------------------------
+
+    def plan_experts(self, method: PruningMethod, sparsity: float) -> tuple[int, int, RoutingLimits]:
+        """``(experts removed per MoE block, experts per block, routing limits)`` for ``sparsity``; raises before any
+        work for a model without MoE blocks, unequal expert counts, or a count the routing cannot live with."""
+        self._check_materialized()
+        found = [(block, moe) for block in self.layout.blocks for moe in find_moe_blocks(block)]
+        if not found:
+            raise ConfigError(
+                f"pattern='experts' removes routed experts of Mixture-of-Experts blocks, and {type(self.model).__name__} "
+                "has none; use pattern='channels' or 'blocks'."
+            )
+        counts = sorted({moe.num_experts for _, moe in found})
+        if len(counts) > 1:
+            raise ConfigError(
+                f"pattern='experts' keeps one expert count for every MoE block (one ordinary config), but this model's "
+                f"blocks hold {counts} experts."
+            )
+        if method.needs != "none" and any(moe.fused is None for _, moe in found):
+            raise ConfigError(
+                f"method '{method.name}' reads the routing weights of fused experts modules (transformers 5); this "
+                "model keeps its experts in an nn.ModuleList. Use method='magnitude' for it."
+            )
+        try:
+            limits = routing_limits(text_config(self.model), *found[0])
+        except ValueError as error:
+            raise ConfigError(f"pattern='experts' cannot check the routing: {error}") from error
+        count = expert_removal_count(sparsity, counts[0], limits.top_k, limits.num_groups, limits.topk_groups)
+        return count, counts[0], limits
+
+    def remove_experts(self, method: PruningMethod, sparsity: float, captured: CapturedInputs | None) -> StructuredResult:
+        """Remove the lowest-scored routed experts of every MoE block (``pattern="experts"``)."""
+        count, num_experts, limits = self.plan_experts(method, sparsity)
+        before_model, before_blocks = _model_parameters(self.model), decoder_parameters(self.layout)
+        sizes_before = _linear_sizes(self.model, self.layout.prefix, self.layout.blocks)
+        block_before = [sum(p.numel() for p in b.parameters()) for b in self.layout.blocks]
+        removed: dict[str, list[int]] = {}
+        scores: dict[str, list[float]] = {}
+        tokens: dict[str, list[int]] = {}
+        seconds: list[float] = []
+        with self._eager_experts():
+            for index, block in enumerate(self._progress(self.layout.blocks, "Scoring experts")):
+                started = time.perf_counter()
+                moes = find_moe_blocks(block) if count else []
+                with self._placed(block):
+                    collector = self._saliency(block, index, moes, captured) if moes and captured is not None else None
+                    for moe in moes:
+                        name = f"{self.layout.block_name(index)}.{moe.name}"
+                        saliency = collector.saliency(moe.name) if collector is not None else None
+                        score = method.expert_scores(expert_weight_norms(block, moe), saliency)
+                        removed[name] = lowest_experts(score, count, limits.num_groups)
+                        scores[name] = [float(v) for v in score]
+                        if collector is not None:
+                            tokens[name] = [int(v) for v in collector.tokens[moe.name]]
+                        cut_experts(block, moe, removed[name])
+                    if captured is not None:
+                        self._run_block(block, index, captured, None, keep_outputs=True)
+                seconds.append(time.perf_counter() - started)
+        if count:
+            set_expert_count(self.model, num_experts, num_experts - count)
+        result = self._result(sparsity, sizes_before, block_before, seconds, before_model, before_blocks)
+        result.structure.update(
+            pattern="experts",
+            experts_before=num_experts,
+            experts_after=num_experts - count,
+            removed_experts=removed,
+            expert_scores=scores,
+        )
+        if tokens:
+            result.structure["expert_tokens"] = tokens
+        return result
+
+    def _saliency(self, block: nn.Module, index: int, moes: list[MoeBlock], captured: CapturedInputs) -> SaliencyCollector:
+        collector = SaliencyCollector(moes)
+        try:
+            self._run_block(block, index, captured, collector, keep_outputs=False)
+        finally:
+            collector.remove()
+        collector.all_reduce()
+        return collector
 
     def _result(self, sparsity, sizes_before, block_before, seconds, before_model, before_blocks) -> StructuredResult:
         sizes_after = _linear_sizes(self.model, self.layout.prefix, self.layout.blocks)

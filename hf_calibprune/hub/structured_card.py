@@ -10,13 +10,19 @@ from typing import Any, Mapping
 
 __all__ = ["structure_intro", "structure_lines"]
 
+_REMOVED = {
+    "channels": "attention heads and MLP channels",
+    "blocks": "whole decoder blocks",
+    "experts": "whole routed experts of its Mixture-of-Experts blocks",
+}
+
 
 def structure_intro(report: Mapping[str, Any], source: str, method: str) -> str | None:
     """The card's first sentence for a structured prune, or ``None`` for a mask pattern."""
     structure = report.get("structure") or {}
     if not structure:
         return None
-    what = "attention heads and MLP channels" if structure.get("pattern") == "channels" else "whole decoder blocks"
+    what = _REMOVED[structure.get("pattern", "channels")]
     return (
         f"This model is {source} with {what} removed by **{method}** with "
         "[hf_calibprune](https://pypi.org/project/hf_calibprune/), chosen on calibration data. It is an ordinary "
@@ -43,6 +49,17 @@ def structure_lines(report: Mapping[str, Any]) -> list[str]:
     ]
     if structure.get("pattern") == "blocks":
         lines += ["", "Removed decoder blocks: " + (", ".join(f"`{b}`" for b in structure["removed_blocks"]) or "none") + "."]
+        return lines
+    if structure.get("pattern") == "experts":
+        lines += [
+            "",
+            f"Routed experts per MoE block: {structure['experts_before']} -> {structure['experts_after']} "
+            "(shared experts kept).",
+            "",
+            "| MoE block | experts removed |",
+            "|---|---|",
+        ]
+        lines += [f"| {name} | {', '.join(map(str, experts)) or '–'} |" for name, experts in structure["removed_experts"].items()]
         return lines
     if structure.get("bias_compensation"):
         lines += ["", "Bias compensation (FLAP) folded into: " + ", ".join(structure["bias_compensation"]) + " output projections."]

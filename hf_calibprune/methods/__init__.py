@@ -18,6 +18,7 @@ METHODS: Registry[type[PruningMethod]] = Registry(
         "flap": "hf_calibprune.structured.flap:FLAP",
         "block-influence": "hf_calibprune.structured.blocks:BlockInfluence",
         "block-perplexity": "hf_calibprune.structured.blocks:BlockPerplexity",
+        "reap": "hf_calibprune.structured.reap:REAP",
     },
     error=ConfigError,
 )

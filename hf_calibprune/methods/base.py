@@ -41,14 +41,15 @@ class PruningMethod(ABC):
     Subclasses set ``name``, ``Options`` and ``needs``; the engine gathers the statistics and calls
     :meth:`prune` once per Linear with its weight in float32 as ``[out_features, in_features]``. A method that
     also scores whole input channels for structured pruning (``pattern="channels"``) lists ``"channels"`` in
-    ``patterns`` and implements :meth:`channel_scores`.
+    ``patterns`` and implements :meth:`channel_scores`; one that scores whole experts (``pattern="experts"``) lists
+    ``"experts"`` and implements :meth:`expert_scores`.
     """
 
     name: ClassVar[str]
     Options: ClassVar[type]
     needs: ClassVar[StatisticsNeed] = "norms"
     #: Pattern kinds this method prunes: mask patterns (``"unstructured"``, ``"N:M"``) and/or structures
-    #: (``"channels"``, ``"blocks"``).
+    #: (``"channels"``, ``"blocks"``, ``"experts"``).
     patterns: ClassVar[tuple[str, ...]] = MASK_PATTERNS
 
     def __init__(self, options: Any = None) -> None:
@@ -71,3 +72,15 @@ class PruningMethod(ABC):
         Only methods listing ``"channels"`` in ``patterns`` implement it.
         """
         raise NotImplementedError(f"method '{self.name}' does not score whole channels.")
+
+    def expert_scores(self, weight_norms: torch.Tensor, saliency: torch.Tensor | None) -> torch.Tensor:
+        """Importance of each routed expert of one Mixture-of-Experts block, ``[num_experts]`` (structured pruning).
+
+        Args:
+            weight_norms (`torch.Tensor`): each expert's weight norm, ``sqrt(Σ W²)`` over all its matrices.
+            saliency (`torch.Tensor`, *optional*): REAP's saliency of each expert on calibration data (the mean of
+                ``gate · ‖expert(x)‖₂`` over the tokens routed to it); ``None`` for methods with ``needs="none"``.
+
+        Only methods listing ``"experts"`` in ``patterns`` implement it.
+        """
+        raise NotImplementedError(f"method '{self.name}' does not score whole experts.")

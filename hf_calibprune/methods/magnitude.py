@@ -27,7 +27,7 @@ class Magnitude(PruningMethod):
     name = "magnitude"
     Options = MagnitudeOptions
     needs = "none"
-    patterns = ("unstructured", "N:M", "channels")
+    patterns = ("unstructured", "N:M", "channels", "experts")
 
     def prune(
         self, weight: torch.Tensor, stats: InputStatistics | None, sparsity: float, pattern: SparsityPattern
@@ -38,3 +38,7 @@ class Magnitude(PruningMethod):
     def channel_scores(self, weight: torch.Tensor, stats: InputStatistics | None) -> torch.Tensor:
         """The L1 norm of each input column."""
         return weight.abs().sum(dim=0)
+
+    def expert_scores(self, weight_norms: torch.Tensor, saliency: torch.Tensor | None) -> torch.Tensor:
+        """Each expert's weight norm (a baseline that needs no data)."""
+        return weight_norms

@@ -20,7 +20,17 @@ from torch import nn
 
 from .layout import is_prunable_linear
 
-__all__ = ["ExpertMatrix", "FusedExperts", "MoeBlock", "find_fused_experts", "find_moe_blocks", "fused_parameter_of"]
+__all__ = [
+    "ExpertMatrix",
+    "FusedExperts",
+    "MoeBlock",
+    "RoutingLimits",
+    "expert_weight_norms",
+    "find_fused_experts",
+    "find_moe_blocks",
+    "fused_parameter_of",
+    "routing_limits",
+]
 
 _FUSED_PARAMETER_SUFFIX = "_proj"
 
@@ -180,3 +190,45 @@ def _routers(moe: nn.Module, prefix: str, num_experts: int) -> tuple[str, ...]:
             if parameter.dim() == 2 and parameter.shape[0] in (num_experts, 1):
                 routers.append(f"{prefix}{child_name}.{parameter_name}")
     return tuple(routers)
+
+
+def expert_weight_norms(block: nn.Module, moe: MoeBlock) -> torch.Tensor:
+    """Each routed expert's weight norm ``sqrt(Σ W²)`` over all its matrices (biases excluded), ``[num_experts]``."""
+    squares = torch.zeros(moe.num_experts, dtype=torch.float64)
+    if moe.fused is not None:
+        for parameter in moe.fused.parameters:
+            value = getattr(moe.fused.module, parameter).detach()
+            squares += value.double().square().sum(dim=(1, 2)).cpu()
+    else:
+        for expert, module in enumerate(block.get_submodule(moe.name).experts):
+            squares[expert] = sum(float(p.detach().double().square().sum()) for p in module.parameters() if p.dim() >= 2)
+    return squares.sqrt().float()
+
+
+@dataclass(frozen=True)
+class RoutingLimits:
+    """How many experts a router picks: ``top_k`` per token, from ``topk_groups`` of ``num_groups`` expert groups
+    (DeepSeek-V3's group-limited routing; one group and ``topk_groups=None`` elsewhere)."""
+
+    top_k: int
+    num_groups: int = 1
+    topk_groups: int | None = None
+
+
+def routing_limits(config, block: nn.Module, moe: MoeBlock) -> RoutingLimits:
+    """The routing limits of ``moe`` from the (text) config, else from the ``top_k`` its module or router holds.
+
+    Raises:
+        :class:`ValueError`: neither says how many experts each token is routed to.
+    """
+    module = block.get_submodule(moe.name)
+    routers = [block.get_submodule(path.rsplit(".", 1)[0]) for path in moe.routers]
+    candidates = [getattr(config, "num_experts_per_tok", None), getattr(module, "top_k", None)]
+    candidates += [getattr(router, "top_k", None) for router in routers]
+    top_k = next((int(k) for k in candidates if isinstance(k, int) and not isinstance(k, bool)), None)
+    if top_k is None:
+        raise ValueError(f"{type(module).__name__} does not say how many experts each token is routed to (top_k).")
+    groups = getattr(config, "n_group", None)
+    if isinstance(groups, int) and groups > 1:
+        return RoutingLimits(top_k, groups, getattr(config, "topk_group", None))
+    return RoutingLimits(top_k)

@@ -1,9 +1,9 @@
-"""Model surgery: remove attention heads, MLP channels or whole decoder blocks, and rewrite the config to match.
+"""Model surgery: remove attention heads, MLP channels, whole decoder blocks or whole experts, and rewrite the config.
 
 This is the only module that edits a model's config. The result is an ordinary dense model whose config
 (``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``, ``head_dim``, ``num_hidden_layers``,
-``layer_types``, ``attention_bias``/``mlp_bias``) describes its new sizes, so ``save_pretrained`` writes a checkpoint
-that plain ``AutoModelForCausalLM.from_pretrained`` loads.
+``layer_types``, ``attention_bias``/``mlp_bias``, the expert count) describes its new sizes, so ``save_pretrained``
+writes a checkpoint that plain ``AutoModelForCausalLM.from_pretrained`` loads.
 
 Blocks are described by the names of their projections (one small table, :data:`_ATTENTION` and :data:`_MLP`): a
 structure is a list of ``(Linear, dim, indices)`` slices, so counting its parameters and cutting it out are the same
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelStructureError
+from .experts import MoeBlock
 from .layout import DecoderLayout
 
 __all__ = [
@@ -30,8 +31,10 @@ __all__ = [
     "apply_width",
     "bias_route",
     "block_width",
+    "cut_experts",
     "decoder_parameters",
     "remove_blocks",
+    "set_expert_count",
     "text_config",
 ]
 
@@ -54,6 +57,8 @@ _MLP = (
 _BIAS_FLAGS = {"attention": "attention_bias", "mlp": "mlp_bias"}
 # Lists in a config that are not one entry per block even when their length matches.
 _NOT_PER_LAYER = ("architectures",)
+# How configs and modules spell the number of routed experts (Mixtral/gpt-oss, Qwen-MoE/OLMoE, DeepSeek-V3).
+_EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts")
 
 Slice = tuple[nn.Linear, int, list[int]]
 
@@ -349,3 +354,58 @@ def remove_blocks(model: nn.Module, layout: DecoderLayout, indices: list[int]) -
     for name in ("num_hidden_layers", "n_layer", "num_layers"):
         if isinstance(getattr(config, name, None), int) and getattr(config, name) == count:
             setattr(config, name, count - len(drop))
+
+
+def _keep_rows(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().index_select(0, keep.to(tensor.device)).clone()
+
+
+def _cut_leading(module: nn.Module, count: int, keep: torch.Tensor) -> None:
+    """Keep rows ``keep`` of every parameter and buffer of ``module`` (not its children) with ``count`` rows."""
+    for name, parameter in list(module.named_parameters(recurse=False)):
+        if parameter.dim() and parameter.shape[0] == count:
+            setattr(module, name, nn.Parameter(_keep_rows(parameter, keep), requires_grad=parameter.requires_grad))
+    for name, buffer in list(module.named_buffers(recurse=False)):
+        if buffer is not None and buffer.dim() and buffer.shape[0] == count:
+            module.register_buffer(name, _keep_rows(buffer, keep), persistent=name not in module._non_persistent_buffers_set)
+    if isinstance(module, nn.Linear) and module.out_features == count:
+        module.out_features = int(keep.numel())
+
+
+def cut_experts(block: nn.Module, moe: MoeBlock, experts: list[int]) -> None:
+    """Remove routed ``experts`` of ``moe`` in ``block``: their weights and biases (rows of fused 3-D parameters,
+    or entries of an ``nn.ModuleList``) and their router rows (weight, bias and per-expert buffers such as
+    DeepSeek-V3's ``e_score_correction_bias``). The expert counts the modules hold are updated; the config is
+    rewritten by :func:`set_expert_count` once every block is cut. Shared experts are not touched.
+    """
+    drop = sorted(set(experts))
+    if any(not 0 <= e < moe.num_experts for e in drop):
+        raise ModelStructureError(f"expert indices {drop} are outside 0..{moe.num_experts - 1}.")
+    if len(drop) >= moe.num_experts:
+        raise ModelStructureError(f"removing {len(drop)} of {moe.num_experts} experts would leave none.")
+    if not drop:
+        return
+    keep = torch.tensor([e for e in range(moe.num_experts) if e not in drop], dtype=torch.long)
+    module = block.get_submodule(moe.name)
+    routers = {path.rsplit(".", 1)[0] for path in moe.routers}
+    touched = [module, module.experts] + [block.get_submodule(path) for path in sorted(routers)]
+    if moe.fused is not None:
+        _cut_leading(moe.fused.module, moe.num_experts, keep)
+    else:
+        module.experts = nn.ModuleList(module.experts[int(e)] for e in keep)
+    for path in sorted(routers):
+        _cut_leading(block.get_submodule(path), moe.num_experts, keep)
+    for part in touched:
+        _set_int_attributes(part, {n: int(keep.numel()) for n in _EXPERT_COUNTS if getattr(part, n, None) == moe.num_experts})
+
+
+def set_expert_count(model: nn.Module, before: int, after: int) -> None:
+    """Write the new number of routed experts per MoE block into the config (``num_local_experts``,
+    ``num_experts`` or ``n_routed_experts``, whichever it uses) and into any module that still holds ``before``
+    (a causal-LM head's ``num_experts`` for the load-balancing loss)."""
+    config = text_config(model)
+    for name in _EXPERT_COUNTS:
+        if getattr(config, name, None) == before:
+            setattr(config, name, after)
+    for module in model.modules():
+        _set_int_attributes(module, {n: after for n in _EXPERT_COUNTS if getattr(module, n, None) == before})

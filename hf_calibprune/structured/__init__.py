@@ -1,4 +1,4 @@
-"""Layer 2: structured pruning math: score heads, MLP channels and decoder blocks from calibration statistics.
+"""Layer 2: structured pruning math: score heads, MLP channels, decoder blocks and experts from calibration data.
 
 Removing the chosen structures and rewriting the config is model surgery, in :mod:`hf_calibprune.models.surgery`.
 """
@@ -10,10 +10,13 @@ from .scores import (
     WidthPlan,
     block_influence_terms,
     compensation_bias,
+    expert_removal_count,
     fluctuation_scores,
     group_scores,
+    lowest_experts,
     lowest_indices,
     plan_width,
+    routed_saliency,
 )
 
 __all__ = [
@@ -23,8 +26,11 @@ __all__ = [
     "WidthPlan",
     "block_influence_terms",
     "compensation_bias",
+    "expert_removal_count",
     "fluctuation_scores",
     "group_scores",
+    "lowest_experts",
     "lowest_indices",
     "plan_width",
+    "routed_saliency",
 ]

@@ -12,8 +12,9 @@ from ..sparsity import InputStatistics, SparsityPattern
 
 __all__ = ["STRUCTURED_PATTERNS", "BlockMeasures", "BlockSelector", "StructuredMethod"]
 
-#: ``"channels"``: attention heads (whole key/value groups) and MLP channels; ``"blocks"``: whole decoder blocks.
-STRUCTURED_PATTERNS = ("channels", "blocks")
+#: ``"channels"``: attention heads (whole key/value groups) and MLP channels; ``"blocks"``: whole decoder blocks;
+#: ``"experts"``: whole routed experts of Mixture-of-Experts blocks.
+STRUCTURED_PATTERNS = ("channels", "blocks", "experts")
 
 
 class StructuredMethod(PruningMethod):

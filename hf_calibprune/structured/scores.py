@@ -14,10 +14,13 @@ __all__ = [
     "WidthPlan",
     "block_influence_terms",
     "compensation_bias",
+    "expert_removal_count",
     "fluctuation_scores",
     "group_scores",
+    "lowest_experts",
     "lowest_indices",
     "plan_width",
+    "routed_saliency",
 ]
 
 
@@ -135,3 +138,66 @@ def plan_width(
             "smaller sparsity."
         )
     return WidthPlan(groups, channels, removed(groups, channels), target)
+
+
+def routed_saliency(gates: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """REAP's term of each routed (token, expert) pair: ``g · ‖f(x)‖₂``, the gate (routing) weight the block
+    multiplies the expert's output by, times the L2 norm of that output (``gates`` ``[n]``, ``outputs`` ``[n, h]``).
+
+    Lasby et al., *REAP the Experts: Why Pruning Prevails for One-Shot MoE Compression* (arXiv 2510.13999); an expert's score is the
+    mean of these terms over the tokens routed to it.
+    """
+    return gates.float() * outputs.float().norm(dim=-1)
+
+
+def expert_removal_count(
+    sparsity: float, num_experts: int, top_k: int, num_groups: int = 1, topk_groups: int | None = None
+) -> int:
+    """Experts removed from each MoE block for ``sparsity``: ``round(sparsity × num_experts)`` (halves round up).
+
+    With group-limited routing (``num_groups`` > 1, DeepSeek-V3's ``n_group``) the count must split evenly over
+    the groups, since each group loses the same number of experts so that every kept expert stays in its group.
+
+    Raises:
+        :class:`~hf_calibprune.errors.ConfigError`: the count would remove every expert, leave fewer than ``top_k``
+            experts (or fewer than ``top_k`` in the ``topk_groups`` groups a token may use, or fewer than 2 per
+            group, which group scores need), or does not split over the groups.
+    """
+    count = math.floor(sparsity * num_experts + 0.5)
+    if count >= num_experts:
+        raise ConfigError(
+            f"`sparsity={sparsity}` with pattern='experts' would remove all {num_experts} experts of each MoE "
+            f"block; pass a sparsity below {(num_experts - 0.5) / num_experts:.3f}."
+        )
+    if num_experts - count < top_k:
+        limit = (num_experts - top_k + 0.5) / num_experts
+        raise ConfigError(
+            f"`sparsity={sparsity}` with pattern='experts' would leave {num_experts - count} of {num_experts} experts, "
+            f"fewer than the {top_k} each token is routed to (num_experts_per_tok); pass a sparsity below {limit:.3f}."
+        )
+    if num_groups > 1 and count:
+        per_group = num_experts // num_groups
+        kept = per_group - count // num_groups
+        if count % num_groups:
+            step = num_groups / num_experts
+            raise ConfigError(
+                f"`sparsity={sparsity}` with pattern='experts' removes {count} experts per block, which does not split "
+                f"over the router's {num_groups} expert groups (n_group); each group must lose the same number so its "
+                f"experts stay together. Pass a sparsity that is a multiple of {step:g} (e.g. {step:g})."
+            )
+        if kept < 2 or (topk_groups is not None and topk_groups * kept < top_k):
+            raise ConfigError(
+                f"`sparsity={sparsity}` with pattern='experts' would leave {kept} experts in each of the {num_groups} "
+                f"expert groups; group-limited routing needs at least 2 per group and {top_k} (num_experts_per_tok) in "
+                f"the {topk_groups} groups (topk_group) a token may use. Pass a smaller sparsity."
+            )
+    return count
+
+
+def lowest_experts(scores: torch.Tensor, count: int, num_groups: int = 1) -> list[int]:
+    """The ``count`` lowest-scored experts; with ``num_groups`` > 1, the ``count / num_groups`` lowest of each group
+    of consecutive experts (ties go to the earlier index)."""
+    if num_groups <= 1:
+        return lowest_indices(scores, count)
+    size = scores.numel() // num_groups
+    return [g * size + i for g in range(num_groups) for i in lowest_indices(scores[g * size : (g + 1) * size], count // num_groups)]
