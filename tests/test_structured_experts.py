@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from conftest import MOE_OVERRIDES, TEXT, tiny_model, tiny_moe
+from conftest import MOE_OVERRIDES, TEXT, make_tokenizer, tiny_model, tiny_moe
 from hf_calibprune import CalibratedPruner, ConfigError, PruningConfig, save_sparse
 from hf_calibprune.calibration import build_calibration_samples
 from test_moe import _legacy_moe_model
@@ -333,3 +333,33 @@ def test_cli_prunes_experts_and_the_card_lists_them(calibration_file, tokenizer,
     assert "whole routed experts" in card and "Routed experts per MoE block: 4 -> 2" in card
     for name, experts in removed.items():
         assert f"| {name} | {', '.join(map(str, experts))} |" in card
+
+
+def test_resuming_and_offloaded_weights_are_refused_before_any_work(tmp_path):
+    from accelerate import cpu_offload
+
+    with pytest.raises(ConfigError, match="cannot resume"):
+        CalibratedPruner(config_of("reap", 0.5), progress=False, checkpoint_dir=tmp_path / "resume").prune(tiny_moe("mixtral"))
+    model = tiny_moe("mixtral")
+    cpu_offload(model, execution_device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="offload hooks cannot follow"):
+        prune(model, None, "reap", 0.5)
+
+
+@pytest.mark.slow
+def test_two_processes_remove_the_same_experts_as_one(calibration_file, tmp_path):
+    from test_distributed import _launch, _prune_args, _torchrun
+
+    from hf_calibprune.cli import main as cli_main
+
+    checkpoint = tmp_path / "tiny-qwen3-moe"
+    moe_model("qwen3_moe").save_pretrained(checkpoint)
+    make_tokenizer().save_pretrained(checkpoint)
+    args = ("--method", "reap", "--pattern", "experts", "--sparsity", "0.5")
+    assert cli_main(_prune_args(checkpoint, calibration_file, tmp_path / "single", *args)) == 0
+    _launch(_torchrun(2), _prune_args(checkpoint, calibration_file, tmp_path / "sharded", *args))
+    single, sharded = (json.loads((tmp_path / d / "pruning_report.json").read_text())["structure"] for d in ("single", "sharded"))
+    assert sharded["removed_experts"] == single["removed_experts"]
+    assert sharded["expert_tokens"] == single["expert_tokens"]
+    for name, scores in single["expert_scores"].items():
+        assert sharded["expert_scores"][name] == pytest.approx(scores, rel=1e-4)
