@@ -37,15 +37,17 @@ class PruningConfig:
 
     Args:
         method (`str`, *optional*, defaults to `"wanda"`): a registered method: ``"magnitude"``, ``"wanda"``,
-            ``"sparsegpt"``, ``"ria"``; for structured patterns ``"flap"`` (channels) and ``"block-influence"``,
-            ``"block-perplexity"`` (blocks) (see ``hf_calibprune.methods.METHODS``).
-        sparsity (`float`, *optional*): fraction of each pruned Linear's weights set to zero, in [0, 1); for the
-            structured patterns, the fraction of the decoder blocks' parameters removed.
-            Defaults to what an N:M ``pattern`` implies, else 0.5.
+            ``"sparsegpt"``, ``"ria"``; for structured patterns ``"flap"`` (channels), ``"block-influence"``,
+            ``"block-perplexity"`` (blocks) and ``"reap"`` (experts) (see ``hf_calibprune.methods.METHODS``).
+        sparsity (`float`, *optional*): fraction of each pruned Linear's weights set to zero, in [0, 1); for
+            ``"channels"`` and ``"blocks"``, the fraction of the decoder blocks' parameters removed; for
+            ``"experts"``, the fraction of the routed experts removed from each MoE block
+            (``round(sparsity × num_experts)``). Defaults to what an N:M ``pattern`` implies, else 0.5.
         pattern (`str`, *optional*, defaults to `"unstructured"`): ``"unstructured"`` or ``"N:M"`` (N weights kept
             in every M consecutive inputs, e.g. ``"2:4"``); or structured: ``"channels"`` (remove attention
-            key/value groups with their query heads and MLP channels, the same count in every block) or
-            ``"blocks"`` (remove whole decoder blocks). Structured pruning returns a smaller dense model.
+            key/value groups with their query heads and MLP channels, the same count in every block),
+            ``"blocks"`` (remove whole decoder blocks) or ``"experts"`` (remove whole routed experts of every
+            Mixture-of-Experts block, with their router rows). Structured pruning returns a smaller dense model.
         calibration (`str | list[str] | CalibrationConfig | datasets.Dataset`, *optional*, defaults to `"self"`):
             a catalogue source name (``"c4"``, ``"gsm8k:icl"``, ``"self"``), a local ``.jsonl``/``.json``/``.txt``
             file, a list of texts, a ``datasets.Dataset`` with a ``text`` column, or a ``CalibrationConfig``.
