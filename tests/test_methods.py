@@ -9,6 +9,7 @@ from hf_calibprune.methods import MASK_PATTERNS, METHODS, build_method
 from hf_calibprune.methods.sparsegpt import inverse_hessian_cholesky
 from hf_calibprune.methods.wanda import wanda_scores
 from hf_calibprune.sparsity import InputStatistics, parse_pattern
+from hf_calibprune.structured import STRUCTURED_PATTERNS
 from reference_pruning import fasterprune_reference
 
 PATTERNS = [("unstructured", 0.5), ("unstructured", 0.3), ("2:4", 0.5), ("4:8", 0.5), ("1:4", 0.75)]
@@ -62,7 +63,7 @@ def test_zero_sparsity_is_identity(method):
 def test_every_method_is_a_mask_method_or_declares_its_structures():
     for name in METHODS.names():
         patterns = set(METHODS.get(name).patterns)
-        assert patterns and patterns <= {*MASK_PATTERNS, "channels", "blocks"}, name
+        assert patterns and patterns <= {*MASK_PATTERNS, *STRUCTURED_PATTERNS}, name
         assert name in MASK_METHODS or name in STRUCTURED_ONLY, name
 
 
