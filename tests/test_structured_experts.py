@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +14,7 @@ from torch.overrides import TorchFunctionMode
 from conftest import MOE_OVERRIDES, TEXT, make_tokenizer, tiny_model, tiny_moe
 from hf_calibprune import CalibratedPruner, ConfigError, PruningConfig, save_sparse
 from hf_calibprune.calibration import build_calibration_samples
+from hf_calibprune.cli import main as cli_main
 from test_moe import _legacy_moe_model
 from test_structured import IDS, reload_in_fresh_process
 
@@ -181,7 +179,8 @@ def _direct_reap_scores(probe, index, ids, mask) -> torch.Tensor:
 
 def _direct_weight_norms(mlp) -> torch.Tensor:
     experts = mlp.experts
-    return (experts.gate_up_proj.detach().square().sum(dim=(1, 2)) + experts.down_proj.detach().square().sum(dim=(1, 2))).sqrt()
+    squares = [getattr(experts, name).detach().square().sum(dim=(1, 2)) for name in ("gate_up_proj", "down_proj")]
+    return (squares[0] + squares[1]).sqrt()
 
 
 def _assert_lowest(scores: torch.Tensor, removed: list[int], name: str) -> None:
@@ -206,7 +205,7 @@ def test_the_removed_experts_are_the_lowest_scored_in_every_block(pruned, archit
             probe.model.layers[index] = copy.deepcopy(dense.model.layers[index])
             scores = _direct_reap_scores(probe, index, samples.input_ids, samples.attention_mask)
         name = f"model.layers.{index}.mlp"
-        assert torch.allclose(torch.tensor(recorded[name]), scores, rtol=1e-4, atol=1e-6), (name, recorded[name], scores)
+        assert torch.allclose(torch.tensor(recorded[name]), scores, rtol=1e-4, atol=1e-6), (name, recorded[name])
         _assert_lowest(scores, removed[index], name)
         kept = [e for e in range(6) if e not in removed[index]]
         pruned_experts = model.model.layers[index].mlp.experts
@@ -266,7 +265,8 @@ def test_module_list_experts_are_removed_by_weight_norm_and_refused_for_reap(tok
     pointers = {}
     for index, block in enumerate(dense.model.layers):
         norms = torch.stack([
-            sum(getattr(e, n).weight.detach().square().sum() for n in ("w1", "w2", "w3")).sqrt() for e in block.mlp.experts
+            sum(getattr(e, n).weight.detach().square().sum() for n in ("w1", "w2", "w3")).sqrt()
+            for e in block.mlp.experts
         ])
         _assert_lowest(norms, removed[index], f"block {index}")
         pointers[block.mlp.gate.weight.data_ptr()] = removed[index]
@@ -318,13 +318,9 @@ def test_cli_prunes_experts_and_the_card_lists_them(calibration_file, tokenizer,
     tiny_moe("mixtral").save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
     output = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-m", "hf_calibprune", "prune", "--model", str(checkpoint), "--method", "reap",
-         "--pattern", "experts", "--sparsity", "0.5", "--calibration", str(calibration_file), "--num-samples", "4",
-         "--seq-len", "32", "--output", str(output)],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert cli_main(["prune", "--model", str(checkpoint), "--method", "reap", "--pattern", "experts", "--sparsity",
+                     "0.5", "--calibration", str(calibration_file), "--num-samples", "4", "--seq-len", "32",
+                     "--output", str(output), "--no-progress"]) == 0
     assert json.loads((output / "config.json").read_text())["num_local_experts"] == 2
     report = json.loads((output / "pruning_report.json").read_text())
     removed = report["structure"]["removed_experts"]
@@ -339,7 +335,8 @@ def test_resuming_and_offloaded_weights_are_refused_before_any_work(tmp_path):
     from accelerate import cpu_offload
 
     with pytest.raises(ConfigError, match="cannot resume"):
-        CalibratedPruner(config_of("reap", 0.5), progress=False, checkpoint_dir=tmp_path / "resume").prune(tiny_moe("mixtral"))
+        pruner = CalibratedPruner(config_of("reap", 0.5), progress=False, checkpoint_dir=tmp_path / "resume")
+        pruner.prune(tiny_moe("mixtral"))
     model = tiny_moe("mixtral")
     cpu_offload(model, execution_device=torch.device("cpu"))
     with pytest.raises(ConfigError, match="offload hooks cannot follow"):
@@ -350,15 +347,15 @@ def test_resuming_and_offloaded_weights_are_refused_before_any_work(tmp_path):
 def test_two_processes_remove_the_same_experts_as_one(calibration_file, tmp_path):
     from test_distributed import _launch, _prune_args, _torchrun
 
-    from hf_calibprune.cli import main as cli_main
-
     checkpoint = tmp_path / "tiny-qwen3-moe"
     moe_model("qwen3_moe").save_pretrained(checkpoint)
     make_tokenizer().save_pretrained(checkpoint)
     args = ("--method", "reap", "--pattern", "experts", "--sparsity", "0.5")
     assert cli_main(_prune_args(checkpoint, calibration_file, tmp_path / "single", *args)) == 0
     _launch(_torchrun(2), _prune_args(checkpoint, calibration_file, tmp_path / "sharded", *args))
-    single, sharded = (json.loads((tmp_path / d / "pruning_report.json").read_text())["structure"] for d in ("single", "sharded"))
+    single, sharded = (
+        json.loads((tmp_path / run / "pruning_report.json").read_text())["structure"] for run in ("single", "sharded")
+    )
     assert sharded["removed_experts"] == single["removed_experts"]
     assert sharded["expert_tokens"] == single["expert_tokens"]
     for name, scores in single["expert_scores"].items():

@@ -40,7 +40,8 @@ class SaliencyCollector:
         for moe in moes:
             if moe.fused is None:
                 raise ModelStructureError(
-                    f"REAP reads the routing of fused experts modules; {moe.name} keeps its experts in an nn.ModuleList."
+                    f"REAP reads the routing of fused experts modules; {moe.name} keeps its experts in an "
+                    "nn.ModuleList."
                 )
             self._handles.append(moe.fused.module.register_forward_pre_hook(self._make_hook(moe), with_kwargs=True))
 

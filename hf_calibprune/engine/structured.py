@@ -30,7 +30,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..methods import PruningMethod
-from ..models import MoeBlock, RoutingLimits, expert_weight_norms, find_moe_blocks, routing_limits
+from ..models import MoeBlock, find_moe_blocks
+from ..models.experts import RoutingLimits, expert_weight_norms, routing_limits
 from ..models.surgery import (
     BlockWidth,
     add_output_bias,
@@ -278,8 +279,8 @@ class StructuredEngine(LayerwiseEngine):
         found = [(block, moe) for block in self.layout.blocks for moe in find_moe_blocks(block)]
         if not found:
             raise ConfigError(
-                f"pattern='experts' removes routed experts of Mixture-of-Experts blocks, and {type(self.model).__name__} "
-                "has none; use pattern='channels' or 'blocks'."
+                "pattern='experts' removes routed experts of Mixture-of-Experts blocks, and "
+                f"{type(self.model).__name__} has none; use pattern='channels' or 'blocks'."
             )
         counts = sorted({moe.num_experts for _, moe in found})
         if len(counts) > 1:
@@ -299,7 +300,9 @@ class StructuredEngine(LayerwiseEngine):
         count = expert_removal_count(sparsity, counts[0], limits.top_k, limits.num_groups, limits.topk_groups)
         return count, counts[0], limits
 
-    def remove_experts(self, method: PruningMethod, sparsity: float, captured: CapturedInputs | None) -> StructuredResult:
+    def remove_experts(
+        self, method: PruningMethod, sparsity: float, captured: CapturedInputs | None
+    ) -> StructuredResult:
         """Remove the lowest-scored routed experts of every MoE block (``pattern="experts"``)."""
         count, num_experts, limits = self.plan_experts(method, sparsity)
         before_model, before_blocks = _model_parameters(self.model), decoder_parameters(self.layout)

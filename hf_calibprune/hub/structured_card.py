@@ -59,7 +59,8 @@ def structure_lines(report: Mapping[str, Any]) -> list[str]:
             "| MoE block | experts removed |",
             "|---|---|",
         ]
-        lines += [f"| {name} | {', '.join(map(str, experts)) or '–'} |" for name, experts in structure["removed_experts"].items()]
+        for name, experts in structure["removed_experts"].items():
+            lines.append(f"| {name} | {', '.join(map(str, experts)) or '–'} |")
         return lines
     if structure.get("bias_compensation"):
         lines += ["", "Bias compensation (FLAP) folded into: " + ", ".join(structure["bias_compensation"]) + " output projections."]

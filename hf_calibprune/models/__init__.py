@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from .experts import (
-    ExpertMatrix,
-    FusedExperts,
-    MoeBlock,
-    RoutingLimits,
-    expert_weight_norms,
-    find_fused_experts,
-    find_moe_blocks,
-    fused_parameter_of,
-    routing_limits,
-)
+from .experts import ExpertMatrix, FusedExperts, MoeBlock, find_fused_experts, find_moe_blocks, fused_parameter_of
 from .layout import (
     DecoderLayout,
     check_decoder_only,
@@ -28,12 +18,9 @@ __all__ = [
     "ExpertMatrix",
     "FusedExperts",
     "MoeBlock",
-    "RoutingLimits",
-    "expert_weight_norms",
     "find_fused_experts",
     "find_moe_blocks",
     "fused_parameter_of",
-    "routing_limits",
     "check_decoder_only",
     "find_decoder_layout",
     "find_prunable_linears",

@@ -201,7 +201,8 @@ def expert_weight_norms(block: nn.Module, moe: MoeBlock) -> torch.Tensor:
             squares += value.double().square().sum(dim=(1, 2)).cpu()
     else:
         for expert, module in enumerate(block.get_submodule(moe.name).experts):
-            squares[expert] = sum(float(p.detach().double().square().sum()) for p in module.parameters() if p.dim() >= 2)
+            weights = [p.detach().double() for p in module.parameters() if p.dim() >= 2]
+            squares[expert] = sum(float(w.square().sum()) for w in weights)
     return squares.sqrt().float()
 
 

@@ -367,7 +367,8 @@ def _cut_leading(module: nn.Module, count: int, keep: torch.Tensor) -> None:
             setattr(module, name, nn.Parameter(_keep_rows(parameter, keep), requires_grad=parameter.requires_grad))
     for name, buffer in list(module.named_buffers(recurse=False)):
         if buffer is not None and buffer.dim() and buffer.shape[0] == count:
-            module.register_buffer(name, _keep_rows(buffer, keep), persistent=name not in module._non_persistent_buffers_set)
+            persistent = name not in module._non_persistent_buffers_set
+            module.register_buffer(name, _keep_rows(buffer, keep), persistent=persistent)
     if isinstance(module, nn.Linear) and module.out_features == count:
         module.out_features = int(keep.numel())
 
@@ -396,7 +397,7 @@ def cut_experts(block: nn.Module, moe: MoeBlock, experts: list[int]) -> None:
     for path in sorted(routers):
         _cut_leading(block.get_submodule(path), moe.num_experts, keep)
     for part in touched:
-        _set_int_attributes(part, {n: int(keep.numel()) for n in _EXPERT_COUNTS if getattr(part, n, None) == moe.num_experts})
+        _set_int_attributes(part, {n: len(keep) for n in _EXPERT_COUNTS if getattr(part, n, None) == moe.num_experts})
 
 
 def set_expert_count(model: nn.Module, before: int, after: int) -> None:

@@ -144,8 +144,8 @@ def routed_saliency(gates: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
     """REAP's term of each routed (token, expert) pair: ``g · ‖f(x)‖₂``, the gate (routing) weight the block
     multiplies the expert's output by, times the L2 norm of that output (``gates`` ``[n]``, ``outputs`` ``[n, h]``).
 
-    Lasby et al., *REAP the Experts: Why Pruning Prevails for One-Shot MoE Compression* (arXiv 2510.13999); an expert's score is the
-    mean of these terms over the tokens routed to it.
+    Lasby et al., *REAP the Experts: Why Pruning Prevails for One-Shot MoE Compression* (arXiv 2510.13999); an
+    expert's score is the mean of these terms over the tokens routed to it.
     """
     return gates.float() * outputs.float().norm(dim=-1)
 
@@ -199,5 +199,6 @@ def lowest_experts(scores: torch.Tensor, count: int, num_groups: int = 1) -> lis
     of consecutive experts (ties go to the earlier index)."""
     if num_groups <= 1:
         return lowest_indices(scores, count)
-    size = scores.numel() // num_groups
-    return [g * size + i for g in range(num_groups) for i in lowest_indices(scores[g * size : (g + 1) * size], count // num_groups)]
+    size, per_group = scores.numel() // num_groups, count // num_groups
+    groups = scores.reshape(num_groups, size)
+    return [g * size + i for g in range(num_groups) for i in lowest_indices(groups[g], per_group)]
