@@ -138,6 +138,9 @@ def test_the_requested_number_of_experts_goes_from_every_block_with_their_parame
     assert (structure["experts_before"], structure["experts_after"]) == (6, 3)
     removed = removed_of(model)
     assert sorted(removed) == [index for _, index in moes]  # every MoE block, and only those
+    summary = model.pruning_report.summary_table()
+    assert "routed experts per MoE block: 6 -> 3" in summary
+    assert all(f"model.layers.{i}.mlp: removed experts {removed[i]}" in summary for i in removed)
     for mlp, index in moe_modules(model):
         assert len(removed[index]) == 3
         assert mlp.experts.gate_up_proj.shape[0] == mlp.experts.down_proj.shape[0] == 3
