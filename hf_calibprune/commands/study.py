@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--gguf-file", default=None, help="GGUF file inside --model to load (dequantized once).")
     parser.add_argument("--methods", type=_names, default=("wanda",), help="Comma-separated methods (default: wanda).")
     parser.add_argument("--sparsity", type=float, default=0.5, help="Target sparsity (default: 0.5).")
-    parser.add_argument("--pattern", default="unstructured", help="unstructured or N:M such as 2:4 (default: unstructured).")
+    parser.add_argument("--pattern", default="unstructured", help="unstructured, N:M such as 2:4, or channels, blocks, experts (default: unstructured).")
     parser.add_argument(
         "--calibration",
         type=_names,

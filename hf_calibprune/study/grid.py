@@ -30,7 +30,8 @@ class StudySettings:
         model (`str`): model directory or Hub id.
         methods (`tuple[str, ...]`): pruning methods (``"wanda"``, ``"sparsegpt"``, ...).
         sparsity (`float`): target sparsity.
-        pattern (`str`): ``"unstructured"`` or ``"N:M"``.
+        pattern (`str`): ``"unstructured"``, ``"N:M"``, or a structured pattern (``"channels"``, ``"blocks"``,
+            ``"experts"``).
         calibration (`tuple[str, ...]`): calibration source names (may be empty when ``languages`` is not).
         formats (`tuple[str, ...]`): calibration formats (``"plain"``, ``"icl"``, ``"cot"``, ...).
         eval (`tuple[str, ...]`): evaluation task names (see :mod:`hf_calibprune.evaluation.suite`);
