@@ -260,18 +260,51 @@ def test_group_limited_routing_loses_the_same_number_of_experts_from_each_group(
         prune(moe_model("deepseek_v3", experts=8, **overrides), None, "reap", 0.125)
 
 
-def test_module_list_experts_are_removed_by_weight_norm_and_refused_for_reap(tokenizer):
+def _legacy_reap_scores(probe, index, ids, mask) -> torch.Tensor:
+    """REAP's scores of block ``index``'s ``_LegacySparseMoe`` from its routed inputs, by that module's own routing
+    (softmax, top-2, renormalised)."""
+    moe = probe.model.layers[index].mlp
+    seen = {}
+    handle = moe.register_forward_pre_hook(lambda module, args: seen.update(hidden=args[0].detach().clone()))
+    with torch.no_grad():
+        probe(input_ids=ids, attention_mask=mask)
+    handle.remove()
+    hidden = seen["hidden"].reshape(-1, seen["hidden"].shape[-1])[mask.reshape(-1).bool()]
+    sums, counts = torch.zeros(4, dtype=torch.float64), torch.zeros(4)
+    with torch.no_grad():
+        gates, chosen = torch.topk(torch.softmax(moe.gate(hidden), dim=-1), 2, dim=-1)
+        gates = gates / gates.sum(dim=-1, keepdim=True)
+        for slot in range(2):
+            for expert in range(4):
+                rows = chosen[:, slot] == expert
+                outputs = moe.experts[expert](hidden[rows])
+                sums[expert] += float((gates[rows, slot] * outputs.norm(dim=-1)).sum())
+                counts[expert] += int(rows.sum())
+    return (sums / counts.clamp(min=1)).float()
+
+
+@pytest.mark.parametrize("method", ["reap", "magnitude"])
+def test_module_list_experts_are_scored_and_removed_in_every_block(method, tokenizer):
     dense = _legacy_moe_model()
-    model = prune(copy.deepcopy(dense), tokenizer, "magnitude", 0.5)
+    model = prune(copy.deepcopy(dense), tokenizer, method, 0.5)
     removed = removed_of(model)
+    recorded = model.pruning_report.structure["expert_scores"]
+    samples = build_calibration_samples(TEXTS, tokenizer, model=dense, **SAMPLES)
     ids = IDS[:, :12]
     pointers = {}
     for index, block in enumerate(dense.model.layers):
-        norms = torch.stack([
-            sum(getattr(e, n).weight.detach().square().sum() for n in ("w1", "w2", "w3")).sqrt()
-            for e in block.mlp.experts
-        ])
-        _assert_lowest(norms, removed[index], f"block {index}")
+        if method == "magnitude":
+            scores = torch.stack([
+                sum(getattr(e, n).weight.detach().square().sum() for n in ("w1", "w2", "w3")).sqrt()
+                for e in block.mlp.experts
+            ])
+        else:
+            probe = copy.deepcopy(model)
+            probe.model.layers[index] = copy.deepcopy(block)
+            scores = _legacy_reap_scores(probe, index, samples.input_ids, samples.attention_mask)
+        name = f"model.layers.{index}.mlp"
+        assert torch.allclose(torch.tensor(recorded[name]), scores, rtol=1e-4, atol=1e-6), (name, recorded[name])
+        _assert_lowest(scores, removed[index], name)
         pointers[block.mlp.gate.weight.data_ptr()] = removed[index]
         assert len(model.model.layers[index].mlp.experts) == 2
         assert model.model.layers[index].mlp.gate.weight.shape == (2, 32)
@@ -279,8 +312,6 @@ def test_module_list_experts_are_removed_by_weight_norm_and_refused_for_reap(tok
         reference = dense(ids).logits
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, reference, atol=1e-5, rtol=1e-4)
-    with pytest.raises(ConfigError, match="nn.ModuleList"):
-        prune(_legacy_moe_model(), None, "reap", 0.5)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,12 @@ chosen expert's output on the token alone (the module called once more with that
 weight of 1, so the output is ``f_e(x)`` unscaled; it is discarded and the block's output is unchanged). The
 term ``g · ‖f_e(x)‖₂``, with ``g`` the routing weight the block applies, is summed per expert with the count of
 routed tokens; the saliency is their quotient (:func:`~hf_calibprune.structured.routed_saliency`).
+
+Experts kept as an ``nn.ModuleList`` are called by the MoE module's own code, which applies the routing weights
+itself. There, after each call, the MoE module runs once more per expert with that expert's output replaced by
+zeros: the difference of the two outputs at a token is exactly ``g · f_e(x)`` where ``e`` was routed the token,
+and exactly zero elsewhere (the other experts' terms are summed in the same order). This costs ``num_experts``
+extra MoE calls per batch.
 """
 
 from __future__ import annotations
@@ -26,24 +32,31 @@ _ROWS_PER_CALL = 4096
 
 
 class SaliencyCollector:
-    """Sums REAP's terms and routed-token counts per expert of every fused experts module of a block.
+    """Sums REAP's terms and routed-token counts per expert of every MoE module of a block.
 
     Args:
-        moes (`list[MoeBlock]`): the block's MoE modules; each must hold its experts fused.
+        block (`nn.Module`): the decoder block.
+        moes (`list[MoeBlock]`): its MoE modules (fused experts or an ``nn.ModuleList``).
     """
 
-    def __init__(self, moes: list[MoeBlock]) -> None:
+    def __init__(self, block: nn.Module, moes: list[MoeBlock]) -> None:
         self.token_mask: torch.Tensor | None = None
         self.sums = {moe.name: torch.zeros(moe.num_experts, dtype=torch.float64) for moe in moes}
         self.tokens = {moe.name: torch.zeros(moe.num_experts, dtype=torch.float64) for moe in moes}
         self._handles = []
         for moe in moes:
-            if moe.fused is None:
-                raise ModelStructureError(
-                    f"REAP reads the routing of fused experts modules; {moe.name} keeps its experts in an "
-                    "nn.ModuleList."
-                )
-            self._handles.append(moe.fused.module.register_forward_pre_hook(self._make_hook(moe), with_kwargs=True))
+            if moe.fused is not None:
+                hook = moe.fused.module.register_forward_pre_hook(self._make_hook(moe), with_kwargs=True)
+            else:
+                hook = block.get_submodule(moe.name).register_forward_hook(self._make_list_hook(moe), with_kwargs=True)
+            self._handles.append(hook)
+
+    def _keep(self, tokens: int, device: torch.device) -> torch.Tensor | None:
+        """Which of ``tokens`` flattened rows are real tokens (``None``: all of them)."""
+        mask = self.token_mask
+        if mask is None or mask.numel() != tokens:
+            return None
+        return mask.reshape(-1).to(device)
 
     def _make_hook(self, moe: MoeBlock):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -55,11 +68,29 @@ class SaliencyCollector:
             tokens = hidden.reshape(-1, hidden.shape[-1])
             index = index.reshape(tokens.shape[0], -1)
             weights = weights.reshape(tokens.shape[0], -1)
-            mask = self.token_mask
-            if mask is not None and mask.numel() == tokens.shape[0]:
-                keep = mask.reshape(-1).to(tokens.device)
+            keep = self._keep(tokens.shape[0], tokens.device)
+            if keep is not None:
                 tokens, index, weights = tokens[keep], index[keep], weights[keep]
             self._add(module, moe, tokens, index.reshape(-1), weights.reshape(-1), index.shape[1])
+
+        return hook
+
+    def _make_list_hook(self, moe: MoeBlock):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output) -> None:
+            full = _hidden_of(output)
+            full = full.reshape(-1, full.shape[-1])
+            keep = self._keep(full.shape[0], full.device)
+            for expert, expert_module in enumerate(module.experts):
+                handle = expert_module.register_forward_hook(_zero_output)
+                try:
+                    with torch.no_grad():
+                        without = _hidden_of(module.forward(*args, **kwargs))  # .forward: this hook stays out of it
+                finally:
+                    handle.remove()
+                terms = (full - without.reshape(full.shape)).double().norm(dim=-1)
+                terms = terms if keep is None else terms[keep]
+                self.sums[moe.name][expert] += float(terms.sum())
+                self.tokens[moe.name][expert] += int((terms > 0).sum())
 
         return hook
 
@@ -96,3 +127,12 @@ class SaliencyCollector:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+def _hidden_of(output) -> torch.Tensor:
+    """The hidden states of a MoE module's output (some return ``(hidden, router_logits)``)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _zero_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(output)

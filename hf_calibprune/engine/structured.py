@@ -288,11 +288,6 @@ class StructuredEngine(LayerwiseEngine):
                 f"pattern='experts' keeps one expert count for every MoE block (one ordinary config), but this model's "
                 f"blocks hold {counts} experts."
             )
-        if method.needs != "none" and any(moe.fused is None for _, moe in found):
-            raise ConfigError(
-                f"method '{method.name}' reads the routing weights of fused experts modules (transformers 5); this "
-                "model keeps its experts in an nn.ModuleList. Use method='magnitude' for it."
-            )
         try:
             limits = routing_limits(text_config(self.model), *found[0])
         except ValueError as error:
@@ -345,7 +340,7 @@ class StructuredEngine(LayerwiseEngine):
         return result
 
     def _saliency(self, block: nn.Module, index: int, moes: list[MoeBlock], captured: CapturedInputs) -> SaliencyCollector:
-        collector = SaliencyCollector(moes)
+        collector = SaliencyCollector(block, moes)
         try:
             self._run_block(block, index, captured, collector, keep_outputs=False)
         finally:
