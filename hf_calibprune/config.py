@@ -60,7 +60,7 @@ class PruningConfig:
         owl_lambda (`float`, *optional*, defaults to 0.08): OWL's maximum deviation from ``sparsity``.
         owl_threshold (`float`, *optional*, defaults to 5.0): OWL's outlier threshold M (score > M × mean).
         schedule (`str`, *optional*, defaults to `"sequential"`): ``"sequential"`` (reference: each block runs
-            twice) or ``"one-pass"`` (each block runs once over all samples as one batch).
+            twice) or ``"one-pass"`` (each block runs once; each Linear pruned from all samples just before it computes).
         method_options (`dict`, *optional*): options of the method, e.g. ``{"block_size": 128}`` for SparseGPT.
         ignore (`list[str]`, *optional*): Linears whose name contains any entry stay dense (``["mlp.down_proj"]``).
         measure_error (`bool`, *optional*, defaults to `True`): record each Linear's reconstruction error.

@@ -153,6 +153,23 @@ def test_one_accumulation_of_many_tokens_counts_every_token(hessian):
         torch.testing.assert_close(stats.gram.double(), x64.t() @ x64, rtol=1e-4, atol=1e-2)
 
 
+def test_gram_of_inputs_wider_than_a_strip_is_the_whole_symmetric_product():
+    # 600 features: three strips of rows (256, 256, 88), only blocks on and above the diagonal computed, then mirrored;
+    # read between two additions and after a merge, so a stale mirrored copy would show.
+    x = torch.randn(1500, 600, generator=torch.Generator().manual_seed(3))
+    stats = InputStatistics(600, hessian=True)
+    stats.add(x[:700])
+    torch.testing.assert_close(stats.gram, x[:700].t() @ x[:700], rtol=1e-4, atol=1e-2)
+    stats.add(x[700:1200])
+    other = InputStatistics(600, hessian=True)
+    other.add(x[1200:])
+    stats.merge(other)
+    x64 = x.double()
+    torch.testing.assert_close(stats.gram.double(), x64.t() @ x64, rtol=1e-4, atol=1e-2)
+    assert torch.equal(stats.gram, stats.gram.t())
+    torch.testing.assert_close(stats.squared_norms.double(), x64.square().sum(dim=0), rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4", "4:8"])
 @pytest.mark.parametrize("block_size", [128, 24])
 def test_sparsegpt_matches_the_reference_column_loop(pattern, block_size):

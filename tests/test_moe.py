@@ -169,7 +169,8 @@ def test_wanda_expert_masks_equal_a_direct_computation_from_routed_inputs_in_eve
     model = copy.deepcopy(dense)
     ids, mask = tokens()
     mask[0, mask.shape[1] - padding :] = 0
-    engine = LayerwiseEngine(model, EngineOptions(batch_size=4, schedule=schedule, progress=False, min_expert_tokens=1))
+    # One sample per batch: one-pass meets its micro-batches before each expert matrix.
+    engine = LayerwiseEngine(model, EngineOptions(batch_size=1, schedule=schedule, progress=False, min_expert_tokens=1))
     sparsities = {engine.layout.block_name(i): 0.5 for i in range(3)}
     engine.prune(build_method("wanda"), parse_pattern("unstructured"), sparsities, engine.capture(ids, mask))
     for index, block in enumerate(model.model.layers):

@@ -29,13 +29,17 @@ def reference_prune(model, method, pattern, schedule):
     return run(model, *calibration_tokens(), method, pattern, 0.5)
 
 
-@pytest.mark.parametrize("schedule", ["sequential", "one-pass"])
+# One-pass in micro-batches of 3 samples (3 + 3 + 3 + 1) must prune as the reference's single batch of all 10.
+@pytest.mark.parametrize(
+    "schedule, batch_size", [("sequential", 8), ("one-pass", 3), ("one-pass", 10)],
+    ids=["sequential", "one-pass", "one-pass-one-batch"],
+)
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-def test_every_mask_of_every_block_matches_the_reference_schedule(schedule, method, pattern):
+def test_every_mask_of_every_block_matches_the_reference_schedule(schedule, batch_size, method, pattern):
     expected = reference_prune(spread_model(), method, pattern, schedule)
     model = spread_model()
-    records, _ = engine_prune(model, method, pattern, schedule)
+    records, _ = engine_prune(model, method, pattern, schedule, batch_size)
     linears = {n: m for n, m in model.named_modules() if ".layers." in n and isinstance(m, torch.nn.Linear)}
     assert sorted(linears) == sorted(expected) and len(linears) == 7 * BLOCKS
     wrong = {}

@@ -521,7 +521,7 @@ def out_of_memory_error(
         smaller = max(1, batch_size // 2)
         knobs.append(f"fewer samples per block call: batch_size={smaller} (--batch-size; now {batch_size})")
     if schedule == "one-pass":
-        knobs.append("schedule='sequential' (--schedule sequential): one-pass runs all samples as a single batch")
+        knobs.append("schedule='sequential' (--schedule sequential): one-pass keeps every micro-batch's state at once")
     if activation_device != "cpu":
         knobs.append("activations offloaded between blocks: activation_device='cpu' (--activation-device cpu)")
     knobs.append(

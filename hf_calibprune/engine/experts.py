@@ -27,6 +27,7 @@ from ..errors import ModelStructureError
 from ..models import ExpertMatrix, FusedExperts
 from ..sparsity import InputStatistics
 from .distributed import all_reduce_sums
+from .lockstep import PerThread, sync
 from .offload import locate_weight, read_parameter, write_parameter
 
 __all__ = ["ExpertCollector", "ExpertListCalls", "ExpertStore", "MoeCalibration", "eager_experts", "routing_arguments"]
@@ -84,6 +85,11 @@ class ExpertCollector:
             dropped) and ``prune(fused, parameter)`` runs, so the real call computes with pruned experts.
     """
 
+    # Per batch (micro-batches of the one-pass schedule run in threads of their own).
+    token_mask = PerThread()
+    _call = PerThread()
+    _mode = PerThread()
+
     def __init__(
         self,
         experts: list[FusedExperts],
@@ -96,7 +102,6 @@ class ExpertCollector:
         self.hessian = hessian
         self.calibration = calibration
         self.min_tokens = min_tokens
-        self.token_mask: torch.Tensor | None = None
         self.stats: dict[tuple[str, str, int], InputStatistics] = {}
         self.tokens: dict[str, list[int]] = {e.name: [0] * e.num_experts for e in experts}
         self.sources: dict[str, list[str]] = {e.name: [calibration] * e.num_experts for e in experts}
@@ -107,8 +112,7 @@ class ExpertCollector:
         self._all_tokens: dict[str, list[int]] = (
             {e.name: list(range(e.num_experts)) for e in experts} if calibration == "all" and prune is None else {}
         )
-        self._call: _Call | None = None
-        self._mode: _CallInterceptor | None = None
+        self._fallback: dict[str, list[int]] = {}
         self._handles = []
         for fused in experts:
             self._handles.append(fused.module.register_forward_pre_hook(self._make_pre_hook(fused), with_kwargs=True))
@@ -183,13 +187,11 @@ class ExpertCollector:
         self._call = None
 
     def _prune_before_use(self, fused: FusedExperts, hidden, index, keep) -> None:
-        self._all_reduce_counts(fused)
-        counts = self.tokens[fused.name]
-        everything = self.calibration == "all"
-        fallback = [e for e in range(fused.num_experts) if everything or counts[e] < self.min_tokens]
+        # Each sync waits for every micro-batch (one-pass in micro-batches): the routing counts and each
+        # parameter's statistics are complete before they decide anything.
+        sync((fused.name, "routing"), lambda: self._choose_statistics(fused))
+        fallback = self._fallback[fused.name]
         routed = set(range(fused.num_experts)) - set(fallback)
-        for expert in fallback:
-            self.sources[fused.name][expert] = "all"
         for position, parameter in enumerate(fused.parameters):
             # This parameter's output, and what comes after it, is not needed for its statistics.
             skip = set(fused.parameters[position:])
@@ -197,9 +199,21 @@ class ExpertCollector:
                 self._run(fused, hidden, index, _Call(fused, {parameter}, routed, skip, _rows(index, keep, fused)))
             if fallback:
                 self._run_all_tokens(fused, hidden, keep, fallback, (parameter,), skip)
-            for expert in range(fused.num_experts):
-                self.stats[(fused.name, parameter, expert)].all_reduce()
-            self._prune(fused, parameter)
+            sync((fused.name, parameter), lambda parameter=parameter: self._prune_parameter(fused, parameter))
+
+    def _choose_statistics(self, fused: FusedExperts) -> None:
+        """Experts below ``min_tokens`` routed tokens (every one under ``"all"``) take statistics over every token."""
+        self._all_reduce_counts(fused)
+        counts = self.tokens[fused.name]
+        everything = self.calibration == "all"
+        self._fallback[fused.name] = [e for e in range(fused.num_experts) if everything or counts[e] < self.min_tokens]
+        for expert in self._fallback[fused.name]:
+            self.sources[fused.name][expert] = "all"
+
+    def _prune_parameter(self, fused: FusedExperts, parameter: str) -> None:
+        for expert in range(fused.num_experts):
+            self.stats[(fused.name, parameter, expert)].all_reduce()
+        self._prune(fused, parameter)
 
     def _run_all_tokens(self, fused, hidden, keep, experts: list[int], parameters, skip) -> None:
         tokens = hidden.reshape(-1, hidden.shape[-1])

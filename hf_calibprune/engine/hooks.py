@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..sparsity import InputStatistics
+from .lockstep import PerThread
 from .offload import read_parameter
 
 __all__ = ["AllInputsGathered", "StatisticsCollector", "ErrorMeter", "ERROR_TOKEN_BUDGET", "hessian_error"]
@@ -27,8 +28,10 @@ def _tokens(x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
 
 
 class _HookSet:
+    #: ``[batch, seq_len]`` bool of the batch running in this thread, ``False`` on padding.
+    token_mask = PerThread()
+
     def __init__(self) -> None:
-        self.token_mask: torch.Tensor | None = None
         self._handles: list = []
 
     def remove(self) -> None:
@@ -53,6 +56,11 @@ class StatisticsCollector(_HookSet):
     from that order runs whole too.
     """
 
+    # Per batch (micro-batches of the one-pass schedule run in threads of their own).
+    _calls = PerThread(list)
+    _last_input = PerThread()
+    _last_stats = PerThread()
+
     def __init__(
         self,
         linears: dict[str, nn.Module],
@@ -65,10 +73,7 @@ class StatisticsCollector(_HookSet):
         self.stats: dict[str, InputStatistics] = {}
         self._on_input = on_input
         self._stop_early = stop_early
-        self._calls: list[str] = []
         self._first_batch_calls: list[str] | None = None
-        self._last_input: torch.Tensor | None = None
-        self._last_stats: InputStatistics | None = None
         #: While ``True`` the hooks record nothing (an :class:`ExpertListCalls` unpauses them around its own calls).
         self.paused = False
         for name, module in linears.items():

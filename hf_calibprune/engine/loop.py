@@ -3,8 +3,8 @@
 For each decoder block: gather input statistics of its Linears over all calibration samples, prune
 each Linear, then run the block again with pruned weights to produce the next block's inputs
 (``"sequential"``, as the Wanda and SparseGPT reference code). ``"one-pass"`` instead runs each block
-once over all samples as a single batch, pruning every Linear just before it computes, so later
-sub-layers see the outputs of already-pruned ones.
+once, pruning every Linear just before it computes from the inputs of all samples, so later sub-layers see the
+outputs of already-pruned ones; its micro-batches meet before each Linear (:mod:`.lockstep`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from .checkpointing import BlockCheckpoint
 from .distributed import all_reduce_sums, broadcast_, resolve_device
 from .experts import ExpertCollector, ExpertListCalls, ExpertStore, MoeCalibration, eager_experts
 from .hooks import AllInputsGathered, ErrorMeter, StatisticsCollector, hessian_error
+from .lockstep import Lockstep, sync
 from .offload import read_weight, write_weight
 
 __all__ = ["EngineOptions", "LayerwiseEngine", "Schedule"]
@@ -47,7 +48,7 @@ class EngineOptions:
     """How the loop runs (not what it prunes).
 
     Args:
-        batch_size (`int`, *optional*, defaults to 8): calibration samples per block call (``"sequential"``).
+        batch_size (`int`, *optional*, defaults to 8): calibration samples per block call.
         schedule (`str`, *optional*, defaults to `"sequential"`): ``"sequential"`` or ``"one-pass"``.
         measure_error (`bool`, *optional*, defaults to `True`): record each Linear's reconstruction error.
         activation_device (`str`, *optional*): where calibration activations wait between blocks
@@ -101,9 +102,20 @@ class LayerwiseEngine:
 
     def capture(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> CapturedInputs:
         """Record the first block's inputs for every calibration sample."""
-        batch_size = input_ids.shape[0] if self.options.schedule == "one-pass" else self.options.batch_size
+        batch_size = input_ids.shape[0] if self._one_batch() else self.options.batch_size
         return capture_block_inputs(
             self.model, self.layout, input_ids, attention_mask, batch_size, self.options.activation_device
+        )
+
+    def _one_batch(self) -> bool:
+        """Whether the one-pass schedule runs all samples as one batch, because its micro-batches could not meet
+        before every Linear: ``nn.ModuleList`` experts are called only by the batches routed to them, and
+        accelerate's hooks (device maps, offload) move a module's weights away after each call."""
+        if self.options.schedule != "one-pass":
+            return False
+        blocks = self.layout.blocks
+        return any(hasattr(m, "_hf_hook") for block in blocks for m in block.modules()) or any(
+            moe.fused is None for block in blocks for moe in find_moe_blocks(block)
         )
 
     def forward_blocks(self, captured: CapturedInputs) -> None:
@@ -332,7 +344,7 @@ class LayerwiseEngine:
         removed: dict[str, torch.Tensor] = {}
         reduced: set[int] = set()  # q/k/v share one statistic: sum it over processes once
 
-        def prune_before_use(name: str, module: nn.Module, stats: InputStatistics, x: torch.Tensor) -> None:
+        def prune(name: str, module: nn.Module, stats: InputStatistics) -> None:
             if name in records:
                 return
             if id(stats) not in reduced:
@@ -342,6 +354,9 @@ class LayerwiseEngine:
             if record.reconstruction_error is None and delta is not None:
                 removed[name] = delta
             records[name] = record
+
+        def prune_before_use(name: str, module: nn.Module, stats: InputStatistics, x: torch.Tensor) -> None:
+            sync(name, lambda: prune(name, module, stats))
 
         collector = StatisticsCollector(linears, hessian=self._needs_gram(method), on_input=prune_before_use)
         experts = self._expert_collector(block, self._needs_gram(method), prune=prune_experts)
@@ -354,7 +369,7 @@ class LayerwiseEngine:
             block, {moe: list(range(len(e))) if everything else [] for moe, e in lists.items()}, keep_inputs=True
         ) if lists else None
         try:
-            self._run_block(block, index, captured, (collector, experts, meter, calls), keep_outputs=True)
+            self._run_block(block, index, captured, (collector, experts, meter, calls), keep_outputs=True, lockstep=True)
             for moe, per_expert in lists.items():
                 unrouted = [e for e, names in enumerate(per_expert) if any(n not in records for n in names)]
                 if unrouted:
@@ -504,40 +519,48 @@ class LayerwiseEngine:
         finally:
             block.to(home)
 
-    def _run_block(self, block, index, captured, hooks, keep_outputs: bool) -> None:
+    def _run_block(self, block, index, captured, hooks, keep_outputs: bool, lockstep: bool = False) -> None:
         """Run ``block`` over every batch; ``hooks`` (one hook set, a tuple of them, or ``None``) see each batch's
-        padding mask."""
+        padding mask. With ``lockstep`` the batches run as a :class:`Lockstep`, meeting where hooks :func:`sync`."""
         hook_sets = [h for h in (hooks if isinstance(hooks, tuple) else (hooks,)) if h is not None]
         device = _block_device(block)
         moved: dict[int, tuple[tuple, dict]] = {}
-        with torch.no_grad():
-            for batch, hidden in enumerate(captured.hidden):
-                call = captured.calls[batch][index]
-                for hook_set in hook_sets:
-                    hook_set.token_mask = captured.token_masks[batch]
-                inputs = hidden if device is None else hidden.to(device)
-                args, kwargs = call.args, call.kwargs
-                if device is not None:
-                    # Masks, position ids and rotary embeddings were computed where the embeddings ran.
-                    if id(call) not in moved:
-                        moved[id(call)] = (send_to_device(call.args, device), send_to_device(call.kwargs, device))
-                    args, kwargs = moved[id(call)]
-                try:
-                    output = block_hidden_output(block(inputs, *args, **kwargs))
-                except AllInputsGathered:
-                    if keep_outputs:
-                        raise
-                    output = None
-                for hook_set in hook_sets:
-                    if isinstance(hook_set, StatisticsCollector):
-                        hook_set.end_batch()
+
+        def run(batch: int) -> None:
+            hidden, call = captured.hidden[batch], captured.calls[batch][index]
+            for hook_set in hook_sets:
+                hook_set.token_mask = captured.token_masks[batch]
+            inputs = hidden if device is None else hidden.to(device)
+            args, kwargs = call.args, call.kwargs
+            if device is not None:
+                # Masks, position ids and rotary embeddings were computed where the embeddings ran.
+                if id(call) not in moved:
+                    moved[id(call)] = (send_to_device(call.args, device), send_to_device(call.kwargs, device))
+                args, kwargs = moved[id(call)]
+            try:
+                output = block_hidden_output(block(inputs, *args, **kwargs))
+            except AllInputsGathered:
                 if keep_outputs:
-                    if not _all_finite(output):
-                        raise NumericalError(
-                            f"block {self.layout.block_name(index)} produced NaN or inf activations; for fp16 "
-                            "models load in bfloat16 or float32."
-                        )
-                    captured.hidden[batch] = output.to(hidden.device)
+                    raise
+                output = None
+            for hook_set in hook_sets:
+                if isinstance(hook_set, StatisticsCollector):
+                    hook_set.end_batch()
+            if keep_outputs:
+                if not _all_finite(output):
+                    raise NumericalError(
+                        f"block {self.layout.block_name(index)} produced NaN or inf activations; for fp16 "
+                        "models load in bfloat16 or float32."
+                    )
+                captured.hidden[batch] = output.to(hidden.device)
+
+        batches = range(len(captured.hidden))
+        with torch.no_grad():
+            if lockstep:
+                Lockstep().run([lambda batch=batch: run(batch) for batch in batches])
+            else:
+                for batch in batches:
+                    run(batch)
 
     def _progress(self, blocks: nn.ModuleList, description: str):
         return tqdm(blocks, desc=description, unit="block", disable=not self.options.progress)

@@ -1,0 +1,107 @@
+"""The lockstep of micro-batches (engine/lockstep.py) on plain callables in real threads: work at a meeting point runs
+once, after every micro-batch contributed; errors end every thread and reach the caller; strayed paths are refused."""
+
+import threading
+
+import pytest
+
+from hf_calibprune.engine.lockstep import Lockstep, PerThread, sync
+from hf_calibprune.errors import ModelStructureError
+
+
+def run_with_deadline(bodies, seconds=20.0):
+    """``Lockstep().run(bodies)`` in a thread of its own; fails the test instead of hanging on a deadlock."""
+    outcome = {}
+
+    def target():
+        try:
+            Lockstep().run(bodies)
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the lockstep deadlocked"
+    return outcome.get("error")
+
+
+def test_work_at_each_meeting_point_runs_once_after_every_micro_batch_contributed():
+    contributions, seen, log = {"a": [], "b": []}, {}, []
+
+    def body(batch):
+        def run():
+            for key in ("a", "b"):
+                contributions[key].append(batch)
+                log.append((batch, key))
+                sync(key, lambda key=key: seen.setdefault(key, []).append(sorted(contributions[key])))
+            log.append((batch, "end"))
+        return run
+
+    assert run_with_deadline([body(i) for i in range(4)]) is None
+    assert seen == {"a": [[0, 1, 2, 3]], "b": [[0, 1, 2, 3]]}
+    # No micro-batch passed a meeting point before every one had reached it.
+    assert [step for _, step in log] == ["a"] * 4 + ["b"] * 4 + ["end"] * 4
+
+
+def test_outside_a_lockstep_sync_runs_its_work_at_once():
+    done = []
+    sync("key", lambda: done.append(1))
+    assert done == [1]
+
+
+def test_an_error_in_one_micro_batch_ends_every_thread_and_reaches_the_caller():
+    def body(batch):
+        def run():
+            sync("first", lambda: None)
+            if batch == 2:
+                raise ValueError("micro-batch 2 failed")
+            sync("second", lambda: None)
+        return run
+
+    error = run_with_deadline([body(i) for i in range(4)])
+    assert isinstance(error, ValueError) and "micro-batch 2" in str(error)
+
+
+def test_an_error_in_the_shared_work_reaches_the_caller():
+    def run():
+        sync("key", lambda: (_ for _ in ()).throw(RuntimeError("pruning failed")))
+
+    error = run_with_deadline([run, run, run])
+    assert isinstance(error, RuntimeError) and "pruning failed" in str(error)
+
+
+@pytest.mark.parametrize("stray", ["another point", "ends early"])
+def test_micro_batches_that_take_different_paths_are_refused(stray):
+    def body(batch):
+        def run():
+            if batch == 1 and stray == "ends early":
+                return
+            sync("other" if batch == 1 else "down_proj", lambda: None)
+        return run
+
+    error = run_with_deadline([body(i) for i in range(3)])
+    assert isinstance(error, ModelStructureError)
+    assert "different paths" in str(error) and "batch_size" in str(error)
+
+
+def test_per_thread_attributes_are_separate_per_thread():
+    class Hooks:
+        mask = PerThread()
+        calls = PerThread(list)
+
+    hooks = Hooks()
+    hooks.mask = "main"
+    seen = {}
+
+    def body(batch):
+        def run():
+            hooks.mask = batch
+            hooks.calls.append(batch)
+            sync("meet", lambda: None)
+            seen[batch] = (hooks.mask, list(hooks.calls))
+        return run
+
+    assert run_with_deadline([body(i) for i in range(3)]) is None
+    assert seen == {i: (i, [i]) for i in range(3)}
+    assert hooks.mask == "main" and hooks.calls == []
