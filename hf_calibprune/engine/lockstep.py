@@ -13,6 +13,8 @@ Outside a lockstep (one batch, or the sequential schedule) :func:`sync` runs its
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 from typing import Any, Callable, Hashable
 
@@ -63,6 +65,25 @@ def sync(key: Hashable, work: Callable[[], None]) -> None:
         lockstep._meet(_current.worker, key, work)
 
 
+def _return_freed_memory() -> None:
+    """Hand back to the system what the micro-batch threads freed: glibc keeps a heap per thread and holds on to what
+    is freed in each, which added up over blocks (measured on SmolLM2, 16 × 512: 1,364 MB peak without, 1,267 with)."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_libc = _load_libc()
+
+
 class _Aborted(BaseException):
     """Raised in parked micro-batches when another one failed, so that their threads end."""
 
@@ -92,6 +113,7 @@ class Lockstep:
             thread.start()
         for thread in threads:
             thread.join()
+        _return_freed_memory()
         if self._error is not None:
             raise self._error
 
