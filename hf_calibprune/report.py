@@ -159,13 +159,14 @@ class PruningReport:
                 f"{block.name:<24} {block.requested_sparsity:7.3f} {block.measured_sparsity:9.4f} {worst} {block.seconds:8.2f}"
             )
         lines.append("-" * 62)
-        lines.append(
-            f"{'pruned matrices':<24} {self.requested_sparsity:7.3f} {self.pruned_sparsity:9.4f} {'':>10} {'':>8}"
-        )
-        lines.append(
-            f"{'all block weights (' + self.method + ', ' + self.pattern + ')':<24} {'':>7} "
-            f"{self.overall_sparsity:9.4f} {'':>10} {self.seconds:8.2f}"
-        )
+        if self.structure:  # structures were removed, not zeroed: the block rows give the fraction removed
+            total = f"block parameters removed ({self.method}, {self.pattern})"
+        else:
+            lines.append(
+                f"{'pruned matrices':<24} {self.requested_sparsity:7.3f} {self.pruned_sparsity:9.4f} {'':>10} {'':>8}"
+            )
+            total = f"all block weights ({self.method}, {self.pattern})"
+        lines.append(f"{total:<24} {'':>7} {self.overall_sparsity:9.4f} {'':>10} {self.seconds:8.2f}")
         if self.dense_weights:
             reasons: dict[str, list[int]] = {}
             for weight in self.dense_weights:

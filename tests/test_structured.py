@@ -103,6 +103,7 @@ def pruned_checkpoints(tmp_path_factory, tokenizer) -> dict:
             results[model_type, method] = dict(
                 before=before, size=size, after=block_parameters(model), sparsity=sparsity, pattern=pattern,
                 structure=model.pruning_report.structure, logits=logits, directory=directory,
+                table=model.pruning_report.summary_table(),
             )
     reloaded = reload_in_fresh_process([r["directory"] for r in results.values()])
     for result, loaded in zip(results.values(), reloaded):
@@ -122,6 +123,18 @@ def test_pruned_size_is_the_requested_one_in_every_block(pruned_checkpoints, mod
     assert len(set(after)) == 1  # the same count in every block: one ordinary config
     assert result["structure"]["parameters_before"] == before
     assert result["structure"]["parameters_after"] == sum(after)
+
+
+@pytest.mark.parametrize("method", [case[0] for case in CASES])
+@pytest.mark.parametrize("model_type", ["llama", "phi3"])
+def test_the_summary_table_gives_the_fraction_removed_and_no_zero_count(pruned_checkpoints, model_type, method):
+    """Structures are removed, not zeroed: a 'pruned matrices' row of zeros would read as 0 % pruned."""
+    result = pruned_checkpoints[model_type, method]
+    removed = (result["before"] - sum(result["after"])) / result["before"]
+    lines = result["table"].splitlines()
+    assert not any(line.startswith(("pruned matrices", "all block weights")) for line in lines)
+    [total] = [line for line in lines if line.startswith("block parameters removed")]
+    assert f"{removed:9.4f}" in total
 
 
 @pytest.mark.parametrize("method", [case[0] for case in CASES])
