@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from docs_section import command_table, write_section
-from prune_benchmark import C4_FILE, benchmark_parser, common_spec, dense_pass_seconds, peak_rss_mb, run_child
+from prune_benchmark import C4_FILE, answer_child, benchmark_parser, common_spec, dense_pass_seconds, peak_rss_mb, run_child
 
 NUM_EXPERTS, TOP_K = 4, 2
 # Targets of issue 13.
@@ -102,10 +102,6 @@ def child(spec: dict) -> dict:
     from hf_calibprune.evaluation import perplexity
     from hf_calibprune.models.upcycle import max_logit_difference
 
-    import torch
-
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
     dense, model, tokenizer = _load(spec)
     result = dict(spec, experts_implementation=model.config._experts_implementation if model is not dense else None)
     samples = build_calibration_samples(
@@ -217,12 +213,10 @@ def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--methods", default="wanda,sparsegpt")
     parser.add_argument("--limit", type=int, default=40, help="WikiText-2 windows evaluated (0: all).")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default).")
     args = parser.parse_args()
-    if args.child:
-        print("RESULT " + json.dumps(child(json.loads(args.child))))
+    if answer_child(args, child):
         return
-    common = dict(common_spec(args), limit=args.limit or None, threads=args.threads)
+    common = dict(common_spec(args), limit=args.limit or None)
     specs = [dict(common, model=model, method="none", moe_calibration="-") for model in ("dense", "upcycled")]
     for method in args.methods.split(","):
         specs.append(dict(common, model="dense", method=method, moe_calibration="-"))

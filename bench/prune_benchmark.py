@@ -61,18 +61,43 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-seq-len", type=int, default=512)
-    parser.add_argument("--data-dir", default=os.environ.get("HF_CALIBPRUNE_DATA_DIR", str(DEFAULT_DATA)))
+    add_data_dir_argument(parser)
     parser.add_argument("--write-docs", action="store_true", help="Update docs/benchmarks.md.")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default).")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser
 
 
+def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir``: the shared data folder, from ``HF_CALIBPRUNE_DATA_DIR`` or ``../shared/data`` by default."""
+    parser.add_argument("--data-dir", default=os.environ.get("HF_CALIBPRUNE_DATA_DIR", str(DEFAULT_DATA)))
+
+
+def require_calibration_data(data_dir: str) -> None:
+    """Exit with a pointer to ``--data-dir`` when the C4 calibration file is not under ``data_dir``."""
+    if not (Path(data_dir) / C4_FILE).is_file():
+        sys.exit(f"calibration data not found under {data_dir}; pass --data-dir (see ../shared/data/SOURCES.md)")
+
+
 def common_spec(args: argparse.Namespace) -> dict:
     """The settings of :func:`benchmark_parser` every run shares; exits when the calibration data is missing."""
-    if not (Path(args.data_dir) / C4_FILE).is_file():
-        sys.exit(f"calibration data not found under {args.data_dir}; pass --data-dir (see ../shared/data/SOURCES.md)")
+    require_calibration_data(args.data_dir)
     return dict(num_samples=args.num_samples, seq_len=args.seq_len, batch_size=args.batch_size,
-                eval_seq_len=args.eval_seq_len, data_dir=args.data_dir)
+                eval_seq_len=args.eval_seq_len, data_dir=args.data_dir, threads=args.threads)
+
+
+def answer_child(args: argparse.Namespace, child) -> bool:
+    """In a run's own process (``--child SPEC``): use the spec's torch threads, print ``child(spec)`` on its
+    ``RESULT`` line and return ``True``; in the parent, ``False``."""
+    if not args.child:
+        return False
+    spec = json.loads(args.child)
+    if spec["threads"]:
+        import torch
+
+        torch.set_num_threads(spec["threads"])
+    print("RESULT " + json.dumps(child(spec)))
+    return True
 
 
 def child(spec: dict) -> dict:
@@ -84,8 +109,6 @@ def child(spec: dict) -> dict:
     from hf_calibprune.models.smollm2 import load_smollm2
 
     torch.manual_seed(0)
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
     model, tokenizer = load_smollm2()
     data_dir = Path(spec["data_dir"])
     result = dict(spec)
@@ -146,12 +169,10 @@ def main() -> None:
     parser.add_argument("--schedules", default="sequential,one-pass")
     parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows evaluated (None: all).")
     parser.add_argument("--repeats", type=int, default=3, help="Prunes per configuration, between dense passes.")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default).")
     args = parser.parse_args()
-    if args.child:
-        print("RESULT " + json.dumps(child(json.loads(args.child))))
+    if answer_child(args, child):
         return
-    common = dict(common_spec(args), ppl_windows=args.ppl_windows, repeats=args.repeats, threads=args.threads)
+    common = dict(common_spec(args), ppl_windows=args.ppl_windows, repeats=args.repeats)
     specs = [dict(common, method="dense", pattern="-", schedule="-")]
     for method in args.methods.split(","):
         for pattern in args.patterns.split(","):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,10 +25,8 @@ import torch
 from torch import nn
 
 from docs_section import command_table, write_section
+from prune_benchmark import C4_FILE, add_data_dir_argument, require_calibration_data
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data"
-C4_FILE = "c4/c4-train.00000-of-01024.docs000-799.jsonl"
 
 
 class _StopForward(Exception):
@@ -226,11 +223,10 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--eval-seq-len", type=int, default=512)
     parser.add_argument("--ppl-windows", type=int, default=40)
-    parser.add_argument("--data-dir", default=os.environ.get("HF_CALIBPRUNE_DATA_DIR", str(DEFAULT_DATA)))
+    add_data_dir_argument(parser)
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
-    if not (Path(args.data_dir) / C4_FILE).is_file():
-        sys.exit(f"calibration data not found under {args.data_dir}; pass --data-dir (see ../shared/data/SOURCES.md)")
+    require_calibration_data(args.data_dir)
     rows = run(args)
     shown = [a for a in sys.argv[1:] if a != "--write-docs"]
     table = markdown(rows, " ".join(["python bench/reference_check.py", *shown]))

@@ -14,7 +14,6 @@ of the same block over the same tokens (the minimum of ``--repeats`` timings eac
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,9 +21,8 @@ from pathlib import Path
 import torch
 
 from docs_section import command_table, write_section
+from prune_benchmark import C4_FILE, add_data_dir_argument, require_calibration_data
 
-REPO = Path(__file__).resolve().parents[1]
-C4_FILE = "c4/c4-train.00000-of-01024.docs000-799.jsonl"
 
 
 def best_of(repeats: int, work) -> float:
@@ -45,11 +43,10 @@ def main() -> None:
     parser.add_argument("--blocks", default="0,15,29", help="decoder blocks measured")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--data-dir", default=os.environ.get("HF_CALIBPRUNE_DATA_DIR", str(REPO.parent / "shared" / "data")))
+    add_data_dir_argument(parser)
     parser.add_argument("--write-docs", action="store_true", help="Update docs/benchmarks.md.")
     args = parser.parse_args()
-    if not (Path(args.data_dir) / C4_FILE).is_file():
-        sys.exit(f"calibration data not found under {args.data_dir}; pass --data-dir (see ../shared/data/SOURCES.md)")
+    require_calibration_data(args.data_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
 

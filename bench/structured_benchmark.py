@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -31,10 +30,9 @@ from pathlib import Path
 import torch
 
 from docs_section import command_table, write_section
+from prune_benchmark import C4_FILE, add_data_dir_argument, require_calibration_data
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data"
-C4_FILE = "c4/c4-train.00000-of-01024.docs000-799.jsonl"
 WIDTH = ("magnitude", "wanda", "flap")
 DEPTH = ("block-influence", "block-perplexity")
 
@@ -270,14 +268,13 @@ def main() -> None:
     parser.add_argument("--recover-steps", type=int, default=200)
     parser.add_argument("--recover-seq-len", type=int, default=128)
     parser.add_argument("--recover-batch-size", type=int, default=1)
-    parser.add_argument("--data-dir", default=os.environ.get("HF_CALIBPRUNE_DATA_DIR", str(DEFAULT_DATA)))
+    add_data_dir_argument(parser)
     parser.add_argument("--results", default="structured_benchmark.json", help="Rows as JSON, written after each row.")
     parser.add_argument("--resume", action="store_true", help="Keep the rows already in --results.")
     parser.add_argument("--from-results", action="store_true", help="Only write the table and plot from --results.")
     parser.add_argument("--write-docs", action="store_true", help="Update docs/benchmarks.md and the plot.")
     args = parser.parse_args()
-    if not (Path(args.data_dir) / C4_FILE).is_file():
-        sys.exit(f"calibration data not found under {args.data_dir}; pass --data-dir (see ../shared/data/SOURCES.md)")
+    require_calibration_data(args.data_dir)
     rows = json.loads(Path(args.results).read_text()) if args.from_results else run(args)
     shown, skip = [], False
     for argument in sys.argv[1:]:  # the run's settings, without where its rows were kept
