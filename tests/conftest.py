@@ -94,6 +94,14 @@ MOE_OVERRIDES = {
 }
 
 
+def prune_command_config(*flags: str):
+    """The ``PruningConfig`` that ``hf-calibprune prune --model m FLAGS`` builds (parser and conversion both real)."""
+    from hf_calibprune.cli import build_parser
+    from hf_calibprune.commands.prune import config_from_args
+
+    return config_from_args(build_parser().parse_args(["prune", "--model", "m", *flags]))
+
+
 def tiny_moe(model_type: str = "mixtral", seed: int = 0, **overrides):
     """A tiny random Mixture-of-Experts model of ``model_type`` (a key of :data:`MOE_OVERRIDES`)."""
     return tiny_model(model_type, seed=seed, **{**MOE_OVERRIDES[model_type], **overrides})

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from conftest import prune_command_config
 from hf_calibprune.cli import COMMANDS, build_parser
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -71,16 +72,12 @@ def test_every_config_field_has_a_flag_and_a_current_docs_row():
     from pathlib import Path
 
     from hf_calibprune import PruningConfig
-    from hf_calibprune.cli import build_parser
     from hf_calibprune.commands.config_flags import config_docs
-    from hf_calibprune.commands.prune import config_from_args
 
-    args = build_parser().parse_args(
-        ["prune", "--model", "m", "--moe-calibration", "all", "--min-expert-tokens", "7", "--strict",
-         "--no-measure-error", "--calibration", "c4", "--calibration", "gsm8k", "--method-option", "block_size=64",
-         "--method", "sparsegpt", "--owl-threshold", "4"]
+    config = prune_command_config(
+        "--moe-calibration", "all", "--min-expert-tokens", "7", "--strict", "--no-measure-error", "--calibration", "c4",
+        "--calibration", "gsm8k", "--method-option", "block_size=64", "--method", "sparsegpt", "--owl-threshold", "4",
     )
-    config = config_from_args(args)
     assert (config.moe_calibration, config.min_expert_tokens, config.strict, config.measure_error) == ("all", 7, True, False)
     assert config.calibration == ["c4", "gsm8k"] and config.method_options == {"block_size": 64}
     assert config.owl_threshold == 4.0

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import MASK_METHODS, TEXT, make_tokenizer, tiny_model
+from conftest import MASK_METHODS, TEXT, make_tokenizer, prune_command_config, tiny_model
 from hf_calibprune import CalibratedPruner, PruningConfig
 from hf_calibprune.errors import ConfigError
 from hf_calibprune.methods import PruneResult, build_method
@@ -175,15 +175,11 @@ def test_engine_weights_are_the_reconstructor_applied_by_hand():
 
 
 def test_command_line_sets_reconstruct_and_its_options():
-    from hf_calibprune.cli import build_parser
-    from hf_calibprune.commands.prune import config_from_args
-
-    args = build_parser().parse_args(
-        ["prune", "--model", "m", "--method", "sparsegpt", "--pattern", "2:4", "--refine", "swaps",
-         "--reconstruct", "admm", "--reconstruct-option", "rho=0.5", "--reconstruct-option", "max_iterations=20"]
+    config = prune_command_config(
+        "--method", "sparsegpt", "--pattern", "2:4", "--refine", "swaps",
+        "--reconstruct", "admm", "--reconstruct-option", "rho=0.5", "--reconstruct-option", "max_iterations=20",
     )
-    config = config_from_args(args)
     assert (config.method, config.refine, config.reconstruct) == ("sparsegpt", "swaps", "admm")
     assert config.reconstruct_options == {"rho": 0.5, "max_iterations": 20}
     with pytest.raises(ConfigError, match="admm"):  # a did-you-mean from PruningConfig's validation
-        config_from_args(build_parser().parse_args(["prune", "--model", "m", "--reconstruct", "adm"]))
+        prune_command_config("--reconstruct", "adm")

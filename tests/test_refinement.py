@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from conftest import TEXT, make_tokenizer, tiny_model
+from conftest import TEXT, make_tokenizer, prune_command_config, tiny_model
 from hf_calibprune import CalibratedPruner, PruningConfig
 from hf_calibprune.errors import ConfigError
 from hf_calibprune.methods import build_method
@@ -245,15 +245,10 @@ def test_refined_model_matches_refiner_applied_by_hand():
 
 
 def test_command_line_sets_refine_and_its_options():
-    from hf_calibprune.cli import build_parser
-    from hf_calibprune.commands.prune import config_from_args
-
-    args = build_parser().parse_args(
-        ["prune", "--model", "m", "--method", "ria", "--refine", "swaps", "--refine-option", "max_iterations=5",
-         "--refine-option", "candidates=8"]
+    config = prune_command_config(
+        "--method", "ria", "--refine", "swaps", "--refine-option", "max_iterations=5", "--refine-option", "candidates=8"
     )
-    config = config_from_args(args)
     assert (config.method, config.refine) == ("ria", "swaps")
     assert config.refine_options == {"max_iterations": 5, "candidates": 8}
     with pytest.raises(ConfigError, match="swaps"):  # a did-you-mean from PruningConfig's validation
-        config_from_args(build_parser().parse_args(["prune", "--model", "m", "--refine", "swap"]))
+        prune_command_config("--refine", "swap")
