@@ -27,6 +27,7 @@ from ..errors import ModelStructureError
 from ..models import ExpertMatrix, FusedExperts
 from ..sparsity import InputStatistics
 from .distributed import all_reduce_sums
+from .hooks import HookSet
 from .lockstep import PerThread, sync
 from .offload import locate_weight, read_parameter, write_parameter
 
@@ -68,7 +69,7 @@ class _CallInterceptor(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class ExpertCollector:
+class ExpertCollector(HookSet):
     """Gathers :class:`InputStatistics` per expert and parameter of every fused experts module in a block.
 
     Statistics of every (experts module, parameter, expert) exist from the first call on, zero where nothing was
@@ -86,7 +87,6 @@ class ExpertCollector:
     """
 
     # Per batch (micro-batches of the one-pass schedule run in threads of their own).
-    token_mask = PerThread()
     _call = PerThread()
     _mode = PerThread()
 
@@ -98,6 +98,7 @@ class ExpertCollector:
         min_tokens: int,
         prune: Callable[[FusedExperts, str], None] | None = None,
     ) -> None:
+        super().__init__()
         self.experts = experts
         self.hessian = hessian
         self.calibration = calibration
@@ -113,7 +114,6 @@ class ExpertCollector:
             {e.name: list(range(e.num_experts)) for e in experts} if calibration == "all" and prune is None else {}
         )
         self._fallback: dict[str, list[int]] = {}
-        self._handles = []
         for fused in experts:
             self._handles.append(fused.module.register_forward_pre_hook(self._make_pre_hook(fused), with_kwargs=True))
             self._handles.append(fused.module.register_forward_hook(self._post_hook, always_call=True))
@@ -151,9 +151,7 @@ class ExpertCollector:
             self.stats[key].all_reduce()
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        super().remove()
         self._exit_mode()
 
     # -- hooks ----------------------------------------------------------------------------------------------
@@ -391,7 +389,7 @@ class ExpertStore:
         self._offloaded.clear()
 
 
-class ExpertListCalls:
+class ExpertListCalls(HookSet):
     """Counts the tokens routed to each expert of ``nn.ModuleList`` Mixture-of-Experts modules, and runs chosen
     experts on every non-padding token of the module's input for statistics only (the experts' Linear hooks, a
     ``StatisticsCollector``, record those calls; their outputs are dropped).
@@ -408,15 +406,14 @@ class ExpertListCalls:
     """
 
     def __init__(self, block: nn.Module, runs: dict[str, list[int]], collector=None, keep_inputs: bool = False) -> None:
+        super().__init__()
         self.block = block
         self.runs = runs
         self.collector = collector
-        self.token_mask: torch.Tensor | None = None
         self.inputs: dict[str, list[torch.Tensor]] = {}
         self.tokens: dict[str, list[int]] = {name: [0] * len(block.get_submodule(name).experts) for name in runs}
         self._keep_inputs = keep_inputs
         self._running = False
-        self._handles = []
         for name in runs:
             module = block.get_submodule(name)
             self._handles.append(module.register_forward_pre_hook(self._make_hook(name)))
@@ -465,8 +462,3 @@ class ExpertListCalls:
         """Sum the routed counts over processes."""
         for name in self.tokens:
             self.tokens[name] = [int(v) for v in all_reduce_sums([float(c) for c in self.tokens[name]])]
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()

@@ -12,7 +12,7 @@ from ..sparsity import InputStatistics
 from .lockstep import PerThread
 from .offload import read_parameter
 
-__all__ = ["AllInputsGathered", "StatisticsCollector", "ErrorMeter", "ERROR_TOKEN_BUDGET", "hessian_error"]
+__all__ = ["AllInputsGathered", "HookSet", "StatisticsCollector", "ErrorMeter", "ERROR_TOKEN_BUDGET", "hessian_error"]
 
 #: Tokens per block pass on which :class:`ErrorMeter` measures methods that gather no Gram matrix.
 ERROR_TOKEN_BUDGET = 1024
@@ -27,7 +27,10 @@ def _tokens(x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
     return flat if bool(keep.all()) else flat[keep]
 
 
-class _HookSet:
+class HookSet:
+    """Hooks registered on a block's modules for one pass, removed together; the engine sets ``token_mask`` to each
+    batch's padding mask before the batch runs."""
+
     #: ``[batch, seq_len]`` bool of the batch running in this thread, ``False`` on padding.
     token_mask = PerThread()
 
@@ -44,7 +47,7 @@ class AllInputsGathered(Exception):
     """Raised by a :class:`StatisticsCollector` with ``stop_early`` once the block's last Linear call has its input."""
 
 
-class StatisticsCollector(_HookSet):
+class StatisticsCollector(HookSet):
     """Gathers :class:`InputStatistics` for each Linear of a block while the block runs.
 
     Linears fed the very same tensor (q/k/v, gate/up) share one statistic, found from the tensors
@@ -116,7 +119,7 @@ class StatisticsCollector(_HookSet):
         return hook
 
 
-class ErrorMeter(_HookSet):
+class ErrorMeter(HookSet):
     """Measures ``‖WX − ŴX‖² / ‖WX‖²`` of pruned Linears as the block runs with pruned weights.
 
     ``removed[name]`` is ``W − Ŵ`` as ``[out, in]``, filled any time before that Linear runs; the Linear's own

@@ -24,6 +24,7 @@ from ..models import MoeBlock
 from ..structured import routed_saliency
 from .distributed import all_reduce_sums
 from .experts import routing_arguments
+from .hooks import HookSet
 
 __all__ = ["SaliencyCollector"]
 
@@ -31,7 +32,7 @@ __all__ = ["SaliencyCollector"]
 _ROWS_PER_CALL = 4096
 
 
-class SaliencyCollector:
+class SaliencyCollector(HookSet):
     """Sums REAP's terms and routed-token counts per expert of every MoE module of a block.
 
     Args:
@@ -40,10 +41,9 @@ class SaliencyCollector:
     """
 
     def __init__(self, block: nn.Module, moes: list[MoeBlock]) -> None:
-        self.token_mask: torch.Tensor | None = None
+        super().__init__()
         self.sums = {moe.name: torch.zeros(moe.num_experts, dtype=torch.float64) for moe in moes}
         self.tokens = {moe.name: torch.zeros(moe.num_experts, dtype=torch.float64) for moe in moes}
-        self._handles = []
         for moe in moes:
             if moe.fused is not None:
                 hook = moe.fused.module.register_forward_pre_hook(self._make_hook(moe), with_kwargs=True)
@@ -122,11 +122,6 @@ class SaliencyCollector:
     def saliency(self, name: str) -> torch.Tensor:
         """REAP's score of each expert of MoE module ``name``: the mean term over its routed tokens (0 if none)."""
         return (self.sums[name] / self.tokens[name].clamp(min=1)).float()
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
 
 def _hidden_of(output) -> torch.Tensor:
