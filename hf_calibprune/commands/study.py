@@ -34,8 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "study",
         help="Compare calibration sources and formats: prune, evaluate, write CSV/markdown/plots.",
         description=(
-            "Runs methods x calibration sources x formats x seeds (formats a source cannot take fall back to plain), "
-            "a fresh model per run, plus a dense baseline, and with --languages one cell per calibration language. "
+            "Runs methods x calibration sources x formats x seeds (a format a source cannot take is skipped; a "
+            "source that takes none runs once in plain), a fresh model per run, plus a dense baseline, and with "
+            "--languages one cell per calibration language. "
             "Each run's result is cached in OUTPUT/runs/, so an interrupted study resumes. Writes OUTPUT/results.csv "
             "(one row per run and seed), results.md (mean, sd and 95%% intervals; paired comparisons with the "
             "baseline), matrix.csv/png (calibration source x evaluation domain), languages.csv/png, one PNG per "

@@ -1,9 +1,9 @@
 """The study's grid: methods × calibration sources × formats × seeds, and methods × languages × seeds.
 
-A format a source cannot take (``icl`` on ``c4``: pre-training text has no solved examples) falls back to
-``plain``, and a run that becomes a duplicate that way is dropped; both are reported in
-:attr:`StudyPlan.notes`. Every cell is repeated once per calibration seed; the seed changes which
-calibration samples are drawn and nothing else.
+A format a source cannot take is skipped when another asked format applies (``cot`` on a source without
+rationales), and a source that takes none of them runs once in ``plain`` (``icl`` on ``c4``: pre-training
+text has no solved examples); both are reported in :attr:`StudyPlan.notes`. Every cell is repeated once
+per calibration seed; the seed changes which calibration samples are drawn and nothing else.
 """
 
 from __future__ import annotations
@@ -139,22 +139,39 @@ class StudyPlan:
     notes: list[str]
 
 
-def _supported_format(source: str, fmt: str, data_dir: str | None) -> tuple[str | None, str | None]:
-    """Return ``(format to use, note)``; format `None` means the source cannot be used at all."""
+def _format_refusal(source: str, fmt: str, data_dir: str | None) -> str | None:
+    """Why ``source`` cannot take ``fmt`` (the error's first sentence), or `None` when it can."""
     from ..calibration import CalibrationConfig
 
     try:
         CalibrationConfig(sources=source, format=fmt, data_dir=data_dir)
-        return fmt, None
     except (CalibrationError, ConfigError) as error:
-        if fmt == "plain":
-            raise
-        reason = str(error).split(". ")[0]
-    try:
+        return str(error).split(". ")[0]
+    return None
+
+
+def _source_formats(source: str, formats: tuple[str, ...], data_dir: str | None, notes: list[str]) -> list[tuple[str, str]]:
+    """``(format used, format asked)`` pairs of one source: the asked formats it takes, else ``plain`` once.
+
+    A format the source cannot take is skipped when another asked one applies (``cot`` on a source without
+    rationales, next to ``icl``); when none applies the source runs once in ``plain`` (``icl`` on ``c4``).
+    Each change is added to ``notes``.
+    """
+    from ..calibration import CalibrationConfig
+
+    if "plain" in formats:  # a source that cannot take plain text is a mistake, reported with its full hint
         CalibrationConfig(sources=source, format="plain", data_dir=data_dir)
-    except (CalibrationError, ConfigError):
-        return None, f"{source}: format '{fmt}' does not apply ({reason}); skipped."
-    return "plain", f"{source}: format '{fmt}' does not apply ({reason}); using 'plain'."
+    refusals = {fmt: _format_refusal(source, fmt, data_dir) for fmt in formats}
+    taken = [(fmt, fmt) for fmt in formats if refusals[fmt] is None]
+    fallback = not taken and _format_refusal(source, "plain", data_dir) is None
+    refused = [(fmt, reason) for fmt, reason in refusals.items() if reason is not None]
+    if fallback:
+        names = ", ".join(f"'{fmt}'" for fmt, _ in refused)
+        verb = "format {} does" if len(refused) == 1 else "formats {} do"
+        notes.append(f"{source}: {verb.format(names)} not apply ({refused[0][1]}); using 'plain'.")
+        return [("plain", formats[0])]
+    notes.extend(f"{source}: format '{fmt}' does not apply ({reason}); skipped." for fmt, reason in refused)
+    return taken
 
 
 def plan_study(settings: StudySettings) -> StudyPlan:
@@ -178,14 +195,10 @@ def plan_study(settings: StudySettings) -> StudyPlan:
         dense_key["eval"] = list(dense_eval)
     runs: list[StudyRun] = [StudyRun("dense", "-", "-", "-", key=dense_key, seed=None, kind="dense", eval=dense_eval)]
     cells: list[tuple[str, str, str, str]] = []
-    for method in settings.methods:
-        for source in settings.calibration:
-            for fmt in settings.formats:
-                effective, note = _supported_format(source, fmt, settings.data_dir)
-                if note and note not in notes:
-                    notes.append(note)
-                if effective is not None and all(cell[:3] != (method, source, effective) for cell in cells):
-                    cells.append((method, source, effective, fmt))
+    for source in settings.calibration:
+        for effective, fmt in _source_formats(source, settings.formats, settings.data_dir, notes):
+            cells.extend((method, source, effective, fmt) for method in settings.methods)
+    cells.sort(key=lambda cell: settings.methods.index(cell[0]))
     language_eval = settings.language_eval()
     # Seed-major order: every cell at the first seed comes before any cell's second seed, so a study cut
     # short (an interrupted run, or a time budget) has covered the whole grid once before repeating it.

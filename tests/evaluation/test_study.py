@@ -80,6 +80,22 @@ def test_plan_skips_duplicates_and_keys_change_with_settings(small_data_dir):
     assert plan.runs[1].run_id != other.runs[1].run_id
 
 
+def test_a_format_a_source_cannot_take_is_skipped_unless_it_takes_none(small_data_dir):
+    # gsm8k has worked rationales (cot), mawps has none, and c4 takes only plain text.
+    settings = StudySettings(
+        model="m", methods=("wanda", "sparsegpt"), calibration=("c4", "gsm8k", "mawps"), formats=("zero", "icl", "cot"),
+        eval=("wikitext2",), num_samples=4, seq_len=32, data_dir=str(small_data_dir),
+    )
+    plan = plan_study(settings)
+    cells = [(run.method, run.calibration, run.format, run.requested_format) for run in plan.runs[1:]]
+    wanda = [("c4", "plain", "zero"), ("gsm8k", "zero", "zero"), ("gsm8k", "icl", "icl"), ("gsm8k", "cot", "cot"),
+             ("mawps", "zero", "zero"), ("mawps", "icl", "icl")]  # no plain twin of mawps' icl for its missing cot
+    assert cells == [("wanda", *cell) for cell in wanda] + [("sparsegpt", *cell) for cell in wanda]
+    assert any(note.startswith("mawps: format 'cot' does not apply") and note.endswith("skipped.") for note in plan.notes)
+    assert any(note.startswith("c4: formats 'zero', 'icl', 'cot' do not apply") and note.endswith("using 'plain'.")
+               for note in plan.notes)
+
+
 def test_summary_names_the_best_choice_per_metric():
     records = [
         {"run_id": "d", "method": "dense", "status": "ok", "metrics": {"w/ppl": 10.0, "g/acc": 0.5}},
