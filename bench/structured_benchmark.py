@@ -4,7 +4,9 @@ Rows: width (pattern="channels": magnitude, Wanda-sp, FLAP) and depth (pattern="
 calibration loss) at each --sparsities value, plus unstructured Wanda 50 % as the reference point. For each row:
 parameters (counted from the weights), checkpoint bytes (dense safetensors written by save_sparse), WikiText-2
 perplexity, and the speed of the pruned model against the dense one held in the same process: prefill
-(1 × --prefill-len tokens) and greedy decode (--decode-tokens new tokens). Dense and pruned are timed in
+(1 × --prefill-len tokens) and greedy decode (--decode-tokens new tokens for each batch size of
+--decode-batches: at batch 1 a small model's decode on a CPU is bound by per-operation overhead, which width
+pruning does not remove, so a larger batch shows what the multiply-adds allow). Dense and pruned are timed in
 alternation, --repeats times; the table gives the median ratio and its spread. Beside each measured speed-up is
 the ideal one: dense multiply-adds per token over the pruned model's (every Linear including lm_head, plus
 attention scores at the mean prefill context). Then --recover-steps of LoRA recovery on the best width and depth
@@ -52,23 +54,29 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
+def decode_key(batch: int) -> str:
+    return "decode" if batch == 1 else f"decode_x{batch}"
+
+
 def speed_ratios(dense, pruned, tokenizer, args) -> dict:
     """Median and spread of dense-time / pruned-time for prefill and decode, timed in alternation."""
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(100, 20000, (1, args.prefill_len), generator=generator)
-    prompt = ids[:, :16]
+    ids = torch.randint(100, 20000, (max(args.decode_batches), args.prefill_len), generator=generator)
 
     def prefill(model):
         with torch.no_grad():
-            model(ids, use_cache=False)
+            model(ids[:1], use_cache=False)
 
-    def decode(model):
-        with torch.no_grad():
-            model.generate(prompt, max_new_tokens=args.decode_tokens, min_new_tokens=args.decode_tokens,
-                           do_sample=False, pad_token_id=tokenizer.pad_token_id or 0)
+    def decoder(batch):
+        def decode(model):
+            with torch.no_grad():
+                model.generate(ids[:batch, :16], max_new_tokens=args.decode_tokens, min_new_tokens=args.decode_tokens,
+                               do_sample=False, pad_token_id=tokenizer.pad_token_id or 0)
+        return decode
 
     out = {}
-    for name, fn in (("prefill", prefill), ("decode", decode)):
+    timings = [("prefill", prefill)] + [(decode_key(batch), decoder(batch)) for batch in args.decode_batches]
+    for name, fn in timings:
         fn(dense), fn(pruned)  # warm-up
         ratios = []
         for _ in range(args.repeats):
@@ -212,8 +220,9 @@ def label(row) -> str:
 
 
 def markdown(rows: list[dict], command: str) -> str:
+    decodes = sorted({key for r in rows for key in r.get("speed", {}) if key.startswith("decode")}, key=len)
     header = ["row", "removed", "parameters", "checkpoint MB", "WikiText-2 ppl", "prefill speed-up (spread)",
-              "decode speed-up (spread)", "ideal"]
+              *[f"decode{key[6:].replace('_x', ' batch ')} speed-up (spread)" for key in decodes], "ideal"]
     table = []
     for r in rows:
         speed = r.get("speed")
@@ -227,7 +236,7 @@ def markdown(rows: list[dict], command: str) -> str:
         removed = f"{100 * r.get('removed_fraction', 0):.1f} %" if r["pattern"] in ("channels", "blocks") else (
             "50 % zeros" if r["pattern"] == "unstructured" else "–")
         table.append([label(r), removed, f"{r['parameters'] / 1e6:.1f} M", f"{r['checkpoint_bytes'] / 1e6:.0f}",
-                      f"{r['perplexity']:.2f}", cell("prefill"), cell("decode"), f"{r['ideal_speedup']:.2f}×"])
+                      f"{r['perplexity']:.2f}", cell("prefill"), *map(cell, decodes), f"{r['ideal_speedup']:.2f}×"])
     return command_table(command, header, table, text_columns=1)
 
 
@@ -263,6 +272,8 @@ def main() -> None:
     parser.add_argument("--ppl-windows", type=int, default=16, help="WikiText-2 windows evaluated.")
     parser.add_argument("--prefill-len", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--decode-batches", default="1,8", help="Comma-separated batch sizes of the decode timing.")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     parser.add_argument("--repeats", type=int, default=5, help="Alternating dense/pruned timings per row.")
     parser.add_argument("--greedy-eval-samples", type=int, default=1)
     parser.add_argument("--recover-steps", type=int, default=200)
@@ -274,6 +285,9 @@ def main() -> None:
     parser.add_argument("--from-results", action="store_true", help="Only write the table and plot from --results.")
     parser.add_argument("--write-docs", action="store_true", help="Update docs/benchmarks.md and the plot.")
     args = parser.parse_args()
+    args.decode_batches = [int(batch) for batch in args.decode_batches.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     require_calibration_data(args.data_dir)
     rows = json.loads(Path(args.results).read_text()) if args.from_results else run(args)
     shown, skip = [], False
