@@ -404,6 +404,28 @@ def test_recover_keeps_every_expert_zero_and_trains_the_kept_weights(model_type,
 
 
 @pytest.mark.parametrize("model_type", list(MOE))
+def test_lora_recovery_adapts_every_fused_expert_and_keeps_its_zeros(model_type, reference):
+    import copy
+
+    from hf_calibprune.recovery import extract_masks, lora_config_for_masks, recover
+
+    pruned = copy.deepcopy(reference(model_type, method="wanda"))
+    masks = extract_masks(pruned)
+    assert sorted(lora_config_for_masks(masks, pruned).target_parameters) == sorted(_expert_parameters(pruned))
+    before = block_weights(pruned)
+    recovered = recover(pruned, make_tokenizer(), [TEXT] * 4, steps=3, learning_rate=1e-2, seq_len=32,
+                        batch_size=2, loss_blocks=2, lora=True)
+    after = block_weights(recovered)
+    assert_every_expert_at(recovered, 0.5, after)
+    experts = [key for key in before if ".experts." in key and not key.endswith("bias")]
+    assert len(experts) == BLOCKS * 2
+    for key in experts:
+        assert torch.equal(after[key] == 0, before[key] == 0), f"zeros of {key} moved"
+        for expert in range(before[key].shape[0]):  # each expert got its own merged low-rank update
+            assert not torch.equal(after[key][expert], before[key][expert]), f"{key}[{expert}] was not adapted"
+
+
+@pytest.mark.parametrize("model_type", list(MOE))
 def test_sparsity_keeper_masks_expert_gradients(model_type, reference):
     import copy
 

@@ -235,6 +235,27 @@ def test_pruned_logits_equal_the_dense_model_with_the_removed_experts_router_log
     assert torch.allclose(result["logits"], reference, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("architecture", ["mixtral", "gpt_oss"])
+def test_lora_recovery_of_an_experts_checkpoint_adapts_every_remaining_expert(pruned, architecture, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from hf_calibprune.recovery.checkpoint import recover_checkpoint
+
+    source = pruned[architecture, "reap"]["directory"]
+    record = recover_checkpoint(source, TEXTS, tmp_path / "recovered", steps=4, lora=True, seq_len=32, batch_size=3,
+                                learning_rate=1e-2)
+    assert record.adapter == "lora"
+    before = dict(AutoModelForCausalLM.from_pretrained(source).named_parameters())
+    after = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "recovered").named_parameters())
+    assert before.keys() == after.keys() and all(before[k].shape == after[k].shape for k in before)
+    experts = [k for k in before if k.endswith(("experts.gate_up_proj", "experts.down_proj"))]
+    assert len(experts) == 2 * len(moe_modules(pruned[architecture, "reap"]["model"]))
+    for key in experts:
+        assert before[key].shape[0] == 3  # 3 of 6 experts left in every block
+        for expert in range(3):
+            assert not torch.equal(before[key][expert], after[key][expert]), f"{key}[{expert}] was not adapted"
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_removing_zero_experts_is_bit_identical(architecture, tokenizer):
     original = moe_model(architecture)

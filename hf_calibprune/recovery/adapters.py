@@ -4,6 +4,8 @@
   pruned position (a 50 % sparse weight comes back 0 % sparse). :func:`merge_lora_preserving_sparsity` merges and
   then zeroes the pruned positions again, so the sparsity stays exact (the part of the update that fell on pruned
   positions is dropped, which is why a short masked fine-tune or SHiRA can be preferable).
+* LoRA also adapts fused Mixture-of-Experts parameters (``experts.gate_up_proj``, 3-D ``[num_experts, ...]``)
+  through peft's ``target_parameters``: one low-rank update per expert, merged and re-masked the same way.
 * **SHiRA** (peft's ``ShiraConfig``) trains a sparse set of individual weights. With the mask function from
   :func:`kept_weights_mask_fn` it only ever picks kept positions, so its merge leaves the zero pattern intact by
   construction.
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelStructureError
-from .masks import _named_prunable, apply_masks, check_masks, extract_masks
+from .masks import _named_fused, _named_prunable, apply_masks, check_masks, extract_masks
 
 __all__ = [
     "lora_config_for_masks",
@@ -43,16 +45,22 @@ def _uses_conv1d(model: nn.Module, names: list[str]) -> bool:
 
 
 def _adapted_modules(masks: Mapping[str, torch.Tensor], model: nn.Module) -> list[str]:
-    """The masked Linear / ``Conv1D`` modules an adapter targets. Fused expert parameters are not modules: they
-    stay frozen under the adapter, so their zeros cannot move."""
+    """The masked Linear / ``Conv1D`` modules an adapter targets."""
     prunable = _named_prunable(model)
-    names = sorted(name for name in masks if name in prunable)
-    if not names:
-        raise ConfigError(
-            "No pruned Linear modules to adapt: `masks` is empty or holds fused expert parameters only. Prune the "
-            "model first or pass its masks; without Linear masks train without an adapter."
-        )
-    return names
+    return sorted(name for name in masks if name in prunable)
+
+
+def _adapted_parameters(masks: Mapping[str, torch.Tensor], model: nn.Module) -> list[str]:
+    """The masked fused expert parameters (not modules) LoRA targets through peft's ``target_parameters``."""
+    fused = _named_fused(model)
+    return sorted(name for name in masks if name in fused)
+
+
+def _no_targets(what: str) -> ConfigError:
+    return ConfigError(
+        f"No pruned {what} to adapt: `masks` is empty or names none of this model's weights. Prune the model first "
+        "or pass its masks; without them train without an adapter."
+    )
 
 
 def lora_config_for_masks(
@@ -64,7 +72,7 @@ def lora_config_for_masks(
     lora_dropout: float = 0.0,
     **kwargs: Any,
 ):
-    """A :class:`peft.LoraConfig` that targets exactly the pruned modules.
+    """A :class:`peft.LoraConfig` that targets exactly the pruned modules and fused expert parameters.
 
     Args:
         masks (`dict[str, torch.BoolTensor]`): from :func:`~hf_calibprune.recovery.extract_masks`.
@@ -76,7 +84,11 @@ def lora_config_for_masks(
     """
     from peft import LoraConfig
 
-    names = _adapted_modules(masks, model)
+    names, parameters = _adapted_modules(masks, model), _adapted_parameters(masks, model)
+    if not names and not parameters:
+        raise _no_targets("Linear modules or fused expert parameters")
+    if parameters:
+        kwargs["target_parameters"] = parameters
     return LoraConfig(
         r=r,
         lora_alpha=2 * r if lora_alpha is None else lora_alpha,
@@ -167,6 +179,8 @@ def shira_config_for_masks(
     from peft import ShiraConfig
 
     names = _adapted_modules(masks, model)
+    if not names:
+        raise _no_targets("Linear modules (SHiRA adapts Linear modules only; use LoRA for fused experts)")
     if _uses_conv1d(model, names):
         raise ModelStructureError(
             "peft's SHiRA supports nn.Linear only, and this model's pruned layers are GPT-2 Conv1D; use LoRA "

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelStructureError, SparsityMaskError
-from ..models import find_decoder_layout, find_fused_experts, fused_parameter_of, is_prunable_linear
+from ..models import find_decoder_layout, fused_parameter_of, is_prunable_linear
 from ..registry import suggest
 
 __all__ = [
@@ -117,9 +117,12 @@ def _named_fused(model: nn.Module) -> dict[str, nn.Parameter]:
         return {}
     found = {}
     for prefix, block in zip(_decoder_block_prefixes(model), layout.blocks):
-        for fused in find_fused_experts(block):
-            for parameter in fused.parameters:
-                found[normalize_module_name(f"{prefix}.{fused.name}.{parameter}")] = getattr(fused.module, parameter)
+        # find_fused_experts' rule (3-D non-bias parameters of a child named `experts`), on normalized names so
+        # that it also sees through peft's wrappers of LoRA-adapted expert parameters.
+        for name, parameter in block.named_parameters():
+            owner, _, attribute = normalize_module_name(name).rpartition(".")
+            if parameter.dim() == 3 and not attribute.endswith("bias") and owner.rpartition(".")[2] == "experts":
+                found[normalize_module_name(f"{prefix}.{owner}.{attribute}")] = parameter
     return found
 
 
@@ -196,13 +199,13 @@ def extract_masks(
 
 
 def full_masks(model: nn.Module) -> dict[str, torch.BoolTensor]:
-    """All-``True`` masks for every Linear of the decoder blocks.
+    """All-``True`` masks for every Linear and fused experts parameter of the decoder blocks.
 
-    A structurally pruned model (heads, channels or blocks removed) has no zeros to keep; these masks let an
-    adapter target every decoder Linear and merge in full.
+    A structurally pruned model (heads, channels, blocks or experts removed) has no zeros to keep; these masks
+    let an adapter target every decoder Linear and fused experts parameter and merge in full.
     """
     blocks = _decoder_block_prefixes(model)
-    names = [name for name in _named_prunable(model) if any(name.startswith(block + ".") for block in blocks)]
+    names = [name for name in _named_weights(model) if any(name.startswith(block + ".") for block in blocks)]
     return extract_masks(model, modules=names)
 
 

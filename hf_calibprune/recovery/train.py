@@ -226,7 +226,7 @@ def recover(
         adapter_rank (`int`, *optional*): LoRA rank (default 16) or SHiRA ``r`` (default 8).
         adapter_dir (`str`, *optional*): also save the trained adapter alone there (``save_pretrained``).
         bf16 (`bool`, *optional*, defaults to `False`): bf16 mixed precision (autocast; works on CPU).
-        seed (`int`, *optional*, defaults to 0): Trainer seed.
+        seed (`int`, *optional*, defaults to 0): seed of the adapter's initialisation and of the Trainer.
         loss_blocks (`int`, *optional*, defaults to 8): leading blocks to measure the loss on before and after.
         training_args (`dict`, *optional*): extra :class:`transformers.TrainingArguments` fields.
 
@@ -267,6 +267,10 @@ def recover(
     model.eval()
     loss_before = _mean_loss(model, eval_blocks, batch_size)
 
+    if adapter != "none":
+        from transformers import set_seed
+
+        set_seed(seed)  # the adapter's random initialisation, so that a recovery repeats exactly
     if adapter == "lora":
         from peft import get_peft_model
 
