@@ -138,7 +138,9 @@ def prune(method, pattern, sparsity, args, options=None):
     model, tokenizer = load_smollm2()
     config = PruningConfig(
         method=method, pattern=pattern, sparsity=sparsity, calibration=str(Path(args.data_dir) / C4_FILE),
-        num_samples=args.num_samples, seq_len=args.seq_len, seed=0, batch_size=8, method_options=options or {},
+        num_samples=args.num_samples, seq_len=args.seq_len, seed=0, method_options=options or {},
+        # the greedy method measures each removal on whole calibration batches: one batch of --greedy-eval-samples
+        batch_size=args.greedy_eval_samples if method == "block-perplexity" else 8,
     )
     started = time.perf_counter()
     model = CalibratedPruner(config, tokenizer=tokenizer, progress=False).prune(model.eval())
