@@ -37,7 +37,8 @@ class BlockInfluence(BlockSelector):
 class BlockPerplexityOptions:
     """Args:
     eval_samples (`int`, *optional*, defaults to 8): calibration sequences on which each candidate removal is
-        measured (the first ones); every removal of a round costs a pass over them.
+        measured (the first ones, rounded up to whole calibration batches of ``batch_size``); every removal of a
+        round costs a pass over them.
     """
 
     eval_samples: int = 8
