@@ -391,15 +391,18 @@ def _heatmap(
     path: Path,
     marks: Sequence[Sequence[bool]] | None = None,
 ) -> Path:
-    """Annotated diverging heatmap centred on 0; ``marks`` adds ``*`` (a paired difference whose interval excludes 0)."""
+    """Annotated diverging heatmap centred on 0, its colours clipped at the 90th percentile of |value|; ``marks`` adds
+    ``*`` (a paired difference whose interval excludes 0)."""
     import numpy as np
     from matplotlib.figure import Figure
 
     data = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
     figure = Figure(figsize=(max(4.5, 1.1 * len(column_labels) + 3), max(2.8, 0.45 * len(row_labels) + 1.8)))
     axes = figure.add_subplot(1, 1, 1)
-    finite = data[np.isfinite(data)]
-    bound = float(np.abs(finite).max()) if finite.size else 1.0
+    finite = np.abs(data[np.isfinite(data)])
+    # The colour range is the 90th percentile of |change|: one degenerate row (ellipses, +2000 %) would otherwise
+    # bleach every other cell; cells beyond it take the end colour and keep their number.
+    bound = float(np.percentile(finite, 90)) if finite.size else 1.0
     image = axes.imshow(data, cmap="RdBu_r", vmin=-bound or -1, vmax=bound or 1, aspect="auto")
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
