@@ -408,7 +408,8 @@ def _heatmap(
         for j in range(data.shape[1]):
             if np.isfinite(data[i, j]):
                 mark = "*" if marks is not None and marks[i][j] else ""
-                axes.text(j, i, f"{data[i, j]:+.1f}{mark}", ha="center", va="center", fontsize=8)
+                colour = "white" if abs(data[i, j]) > 0.6 * bound else "black"  # readable on the dark ends
+                axes.text(j, i, f"{data[i, j]:+.1f}{mark}", ha="center", va="center", fontsize=8, color=colour)
     axes.set_xticks(range(len(column_labels)), column_labels, rotation=30, ha="right")
     axes.set_yticks(range(len(row_labels)), row_labels)
     axes.set_title(title, fontsize=10)
