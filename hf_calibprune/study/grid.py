@@ -194,11 +194,14 @@ def plan_study(settings: StudySettings) -> StudyPlan:
     if settings.languages:
         dense_key["eval"] = list(dense_eval)
     runs: list[StudyRun] = [StudyRun("dense", "-", "-", "-", key=dense_key, seed=None, kind="dense", eval=dense_eval)]
-    cells: list[tuple[str, str, str, str]] = []
-    for source in settings.calibration:
-        for effective, fmt in _source_formats(source, settings.formats, settings.data_dir, notes):
-            cells.extend((method, source, effective, fmt) for method in settings.methods)
-    cells.sort(key=lambda cell: settings.methods.index(cell[0]))
+    formats = {source: _source_formats(source, settings.formats, settings.data_dir, notes)
+               for source in settings.calibration}
+    cells = [
+        (method, source, effective, fmt)
+        for method in settings.methods
+        for source, taken in formats.items()
+        for effective, fmt in taken
+    ]
     language_eval = settings.language_eval()
     # Seed-major order: every cell at the first seed comes before any cell's second seed, so a study cut
     # short (an interrupted run, or a time budget) has covered the whole grid once before repeating it.
