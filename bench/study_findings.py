@@ -15,22 +15,13 @@ import argparse
 import json
 from pathlib import Path
 
-from hf_calibprune.study.analysis import Cell, compare_cells, group_cells, metric_names, relative_change
-from hf_calibprune.study.outputs import markdown_table
+from hf_calibprune.study.analysis import Cell, group_cells, metric_names
+from hf_calibprune.study.outputs import comparison_text, markdown_table
 
 
 def load_cells(directories: list[str]) -> list[Cell]:
     records = [json.loads(path.read_text()) for d in directories for path in sorted(Path(d, "runs").glob("*.json"))]
     return [cell for cell in group_cells(records) if cell.kind == "pruned"]
-
-
-def change(cell: Cell, other: Cell, metric: str) -> tuple[str, str]:
-    comparison = compare_cells(cell, other, metric)
-    if comparison is None:
-        return "", ""
-    d = comparison.difference
-    return (f"{relative_change(d.estimate):+.1f} % [{relative_change(d.low):+.1f}, {relative_change(d.high):+.1f}]",
-            comparison.verdict)
 
 
 def pair_rows(pairs: list[tuple[Cell, Cell]], metrics: list[str]) -> list[dict]:
@@ -39,7 +30,7 @@ def pair_rows(pairs: list[tuple[Cell, Cell]], metrics: list[str]) -> list[dict]:
         row = {"cell": f"{cell.method} {cell.label}", "against": f"{other.method} {other.label}",
                "seeds": f"{len(cell.records)} / {len(other.records)}"}
         for metric in metrics:
-            text, verdict = change(cell, other, metric)
+            text, verdict = comparison_text(cell, other, metric)
             row[metric.split("/")[0]] = f"{text} {verdict}".strip()
         rows.append(row)
     return rows
@@ -66,7 +57,7 @@ def own_domain_rows(cells: list[Cell], metrics: list[str]) -> list[dict]:
             for other in cells:
                 if other.calibration == domain or other.method != own.method:
                     continue
-                verdict = change(own, other, metric)[1]
+                verdict = comparison_text(own, other, metric)[1]
                 better += verdict == "better"
                 worse += verdict == "worse"
                 same += verdict == "not distinguishable"

@@ -30,6 +30,7 @@ __all__ = [
     "write_outputs",
     "results_rows",
     "markdown_table",
+    "comparison_text",
     "summarize",
     "plot_metric",
     "domain_matrix",
@@ -159,7 +160,9 @@ def _summary_text(cell: Cell, metric: str) -> str:
     return text
 
 
-def _comparison_text(cell: Cell, baseline: Cell, metric: str) -> tuple[str, str]:
+def comparison_text(cell: Cell, baseline: Cell, metric: str) -> tuple[str, str]:
+    """``cell`` against ``baseline`` on ``metric`` as ``("+1.2 % [-0.5, +2.9]", verdict)``; empty strings when the
+    two cannot be paired."""
     comparison = compare_cells(cell, baseline, metric)
     if comparison is None:
         return "", ""
@@ -197,7 +200,7 @@ def _cells_section(cells: list[Cell], metrics: list[str], chance: dict[str, dict
             continue
         row = {"cell": cell.label, "method": cell.method}
         for metric in metrics:
-            text, verdict = _comparison_text(cell, base, metric)
+            text, verdict = comparison_text(cell, base, metric)
             row[metric] = f"{text} {verdict}".strip()
         comparisons.append(row)
     if comparisons:
@@ -268,7 +271,7 @@ def summarize(records: Sequence[dict[str, Any]], notes: Sequence[str] = (), base
             text += f" ± {best.sd:.4f} over {best.seeds} seeds"
         base = _baseline_cell(cells, best_cell, baseline)
         if base is not None and base is not best_cell:
-            comparison, verdict = _comparison_text(best_cell, base, metric)
+            comparison, verdict = comparison_text(best_cell, base, metric)
             if verdict:
                 text += f"; against {baseline}: {comparison}, {verdict}"
         if dense is not None:
@@ -366,7 +369,7 @@ def _language_comparisons(cells: Sequence[Cell]) -> list[str]:
             for other in language_cells:
                 if other is own or other.method != own.method:
                     continue
-                text, verdict = _comparison_text(own, other, metric)
+                text, verdict = comparison_text(own, other, metric)
                 if verdict:
                     rows.append({"evaluated on": language, "method": own.method, "own-language calibration vs": other.calibration, "change": text, "verdict": verdict})
     if not rows:
