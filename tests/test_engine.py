@@ -174,3 +174,45 @@ def test_statistics_pass_stops_after_the_last_linear_input_with_the_same_statist
     batches = len(captured.hidden)
     assert full[1].count(last) == batches
     assert stopped[1].count(last) == 1, "only the first batch runs the last Linear"
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "opt"])
+def test_statistics_passes_of_later_blocks_stop_early_from_their_first_batch(model_type):
+    # Block 0 learns the Linear call order in its first batch; every later block of the same structure stops each
+    # batch of its statistics pass, the first included, before its last Linear. So that Linear runs only in the
+    # pass that writes the pruned block's outputs: once per batch, and once more in block 0.
+    model = tiny_model(model_type)
+    engine = LayerwiseEngine(model, EngineOptions(batch_size=2, progress=False))
+    captured = engine.capture(*tokens())
+    batches = len(captured.hidden)
+    calls = []
+    for index, block in enumerate(engine.layout.blocks):
+        last = list(find_prunable_linears(block).values())[-1]
+        last.register_forward_hook(lambda m, a, o, i=index: calls.append(i))
+    names = {engine.layout.block_name(i): 0.5 for i in range(len(engine.layout.blocks))}
+    engine.prune(build_method("wanda"), parse_pattern("unstructured"), names, captured)
+    assert [calls.count(i) for i in range(len(engine.layout.blocks))] == [batches + 1] + [batches] * (
+        len(engine.layout.blocks) - 1
+    )
+
+
+def test_an_expected_call_order_that_does_not_fit_the_block_loses_no_statistics():
+    # A wrong order (reversed) is never matched, so the first batch runs whole and teaches the real one; an order
+    # that misses a Linear is not used at all. Either way every Linear gets every batch's tokens.
+    model = tiny_model("llama")
+    engine = LayerwiseEngine(model, EngineOptions(batch_size=2, progress=False))
+    captured = engine.capture(*tokens())
+    block = engine.layout.blocks[0]
+    linears = find_prunable_linears(block)
+    full = StatisticsCollector(linears, hessian=False)
+    engine._run_block(block, 0, captured, full, keep_outputs=False)
+    full.remove()
+    order = full.call_order
+    for expected in (order[::-1], order[:-1]):
+        collector = StatisticsCollector(linears, hessian=False, stop_early=True, expected_calls=expected)
+        engine._run_block(block, 0, captured, collector, keep_outputs=False)
+        collector.remove()
+        assert collector.call_order == order
+        for name in linears:
+            assert collector.stats[name].num_tokens == full.stats[name].num_tokens, name
+            torch.testing.assert_close(collector.stats[name].squared_norms, full.stats[name].squared_norms)

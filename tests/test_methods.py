@@ -8,7 +8,7 @@ from conftest import MASK_METHODS
 from hf_calibprune.methods import MASK_PATTERNS, METHODS, build_method
 from hf_calibprune.methods.sparsegpt import inverse_hessian_cholesky
 from hf_calibprune.methods.wanda import wanda_scores
-from hf_calibprune.sparsity import InputStatistics, parse_pattern
+from hf_calibprune.sparsity import InputStatistics, parse_pattern, quadratic_trace
 from hf_calibprune.structured import STRUCTURED_PATTERNS
 from reference_pruning import fasterprune_reference
 
@@ -153,8 +153,20 @@ def test_one_accumulation_of_many_tokens_counts_every_token(hessian):
         torch.testing.assert_close(stats.gram.double(), x64.t() @ x64, rtol=1e-4, atol=1e-2)
 
 
+@pytest.mark.parametrize("rows, width", [(40, 600), (700, 130), (3, 128)])
+def test_quadratic_trace_from_upper_strips_equals_the_full_product(rows, width):
+    # Widths below, at and across strip edges; a correlated, off-centre Gram, so its off-diagonal part weighs as
+    # much as its diagonal and a strip counted once instead of twice (or its diagonal square twice) shows.
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(2000, width, generator=generator) @ torch.randn(width, width, generator=generator) + 3.0
+    gram = x.t() @ x
+    a = torch.randn(rows, width, generator=generator)
+    want = float(((a.double() @ gram.double()) * a.double()).sum())
+    assert float(quadratic_trace(a, gram)) == pytest.approx(want, rel=1e-5)
+
+
 def test_gram_of_inputs_wider_than_a_strip_is_the_whole_symmetric_product():
-    # 600 features: three strips of rows (256, 256, 88), only blocks on and above the diagonal computed, then mirrored;
+    # 600 features: five strips of rows (4 × 128, 88), only blocks on and above the diagonal computed, then mirrored;
     # read between two additions and after a merge, so a stale mirrored copy would show.
     x = torch.randn(1500, 600, generator=torch.Generator().manual_seed(3))
     stats = InputStatistics(600, hessian=True)

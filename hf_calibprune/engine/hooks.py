@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..sparsity import InputStatistics
+from ..sparsity import InputStatistics, quadratic_trace
 from .lockstep import PerThread
 from .offload import read_parameter
 
@@ -55,8 +55,9 @@ class StatisticsCollector(HookSet):
     Linear computes (the one-pass schedule prunes there). With ``stop_early``, from the second batch on, the
     hook of the block's last Linear call raises :class:`AllInputsGathered` instead of letting it compute: a pass
     that only gathers statistics needs nothing after that (for a Llama block, the down projection and the
-    residual add). The first batch runs whole and records the order of Linear calls; a batch whose calls stray
-    from that order runs whole too.
+    residual add). The first batch runs whole and records the order of Linear calls (:attr:`call_order`); a batch
+    whose calls stray from that order runs whole too. ``expected_calls``, the call order of an earlier block of
+    the same structure, lets the first batch stop early as well; it is only used when it names every Linear.
     """
 
     # Per batch (micro-batches of the one-pass schedule run in threads of their own).
@@ -70,6 +71,7 @@ class StatisticsCollector(HookSet):
         hessian: bool,
         on_input: Callable[[str, nn.Module, InputStatistics, torch.Tensor], None] | None = None,
         stop_early: bool = False,
+        expected_calls: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.hessian = hessian
@@ -77,6 +79,7 @@ class StatisticsCollector(HookSet):
         self._on_input = on_input
         self._stop_early = stop_early
         self._first_batch_calls: list[str] | None = None
+        self._expected_calls = expected_calls if expected_calls and set(expected_calls) >= set(linears) else None
         #: While ``True`` the hooks record nothing (an :class:`ExpertListCalls` unpauses them around its own calls).
         self.paused = False
         for name, module in linears.items():
@@ -88,6 +91,11 @@ class StatisticsCollector(HookSet):
         if self._first_batch_calls is None:
             self._first_batch_calls = self._calls
         self._calls = []
+
+    @property
+    def call_order(self) -> list[str] | None:
+        """The Linear calls of the first batch, in order (``None`` before a batch has ended)."""
+        return self._first_batch_calls
 
     def groups(self) -> list[list[str]]:
         """Names of Linears sharing one statistic."""
@@ -113,7 +121,7 @@ class StatisticsCollector(HookSet):
             if self._on_input is not None:
                 self._on_input(name, module, self.stats[name], x)
             self._calls.append(name)
-            if self._stop_early and self._calls == self._first_batch_calls:
+            if self._stop_early and self._calls == (self._first_batch_calls or self._expected_calls):
                 raise AllInputsGathered
 
         return hook
@@ -174,8 +182,6 @@ class ErrorMeter(HookSet):
 
 def hessian_error(removed: torch.Tensor, weight: torch.Tensor, gram: torch.Tensor) -> float:
     """``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)``: the relative reconstruction error from the Gram matrix, no data pass."""
-    removed = removed.to(gram.device, torch.float32)
-    weight = weight.to(gram.device, torch.float32)
-    reference = float(((weight @ gram) * weight).sum())
-    return float(((removed @ gram) * removed).sum()) / reference if reference else 0.0
+    reference = float(quadratic_trace(weight.to(gram.device, torch.float32), gram))
+    return float(quadratic_trace(removed.to(gram.device, torch.float32), gram)) / reference if reference else 0.0
 

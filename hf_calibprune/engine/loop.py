@@ -99,6 +99,9 @@ class LayerwiseEngine:
         self.model = model
         self.options = options
         self.layout: DecoderLayout = find_decoder_layout(model)
+        # The Linear call order of each block structure seen (block class, Linear names), for stopping statistics
+        # passes early from their first batch on.
+        self._call_orders: dict[tuple[str, tuple[str, ...]], list[str]] = {}
 
     def capture(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> CapturedInputs:
         """Record the first block's inputs for every calibration sample."""
@@ -261,6 +264,16 @@ class LayerwiseEngine:
             for name in names
         }
 
+    def _statistics_collector(self, block, linears, hessian: bool, stop_early: bool = True) -> StatisticsCollector:
+        """A collector for a statistics-only pass, stopping each batch after the block's last Linear call; from
+        the first batch on when an earlier block of the same structure taught the call order."""
+        expected = self._call_orders.get((type(block).__name__, tuple(linears))) if stop_early else None
+        return StatisticsCollector(linears, hessian=hessian, stop_early=stop_early, expected_calls=expected)
+
+    def _learn_call_order(self, block, linears, collector: StatisticsCollector) -> None:
+        if collector.call_order is not None:
+            self._call_orders[(type(block).__name__, tuple(linears))] = collector.call_order
+
     def _expert_collector(self, block, hessian: bool, prune=None) -> ExpertCollector | None:
         experts = [f for f in find_fused_experts(block) if any(m.experts == f.name for m in self._expert_matrices(block))]
         if not experts:
@@ -276,12 +289,13 @@ class LayerwiseEngine:
         # are called in an order that depends on routing, so no call is known to be a block's last.
         stop_early = not any(hasattr(module, "_hf_hook") for module in block.modules()) and not find_moe_blocks(block)
         hessian = self._needs_gram(method)
-        collector = StatisticsCollector(linears, hessian=hessian, stop_early=stop_early)
+        collector = self._statistics_collector(block, linears, hessian, stop_early)
         experts = self._expert_collector(block, hessian)
         lists = self._expert_lists(block, linears)
         counter = ExpertListCalls(block, {moe: [] for moe in lists}) if lists else None
         try:
             self._run_block(block, index, captured, (collector, experts, counter), keep_outputs=False)
+            self._learn_call_order(block, linears, collector)
             collector.remove()
             if counter is not None:
                 counter.remove()

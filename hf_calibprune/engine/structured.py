@@ -58,7 +58,6 @@ from ..structured import (
     plan_width,
 )
 from .capture import CapturedInputs, block_hidden_output
-from .hooks import StatisticsCollector
 from .loop import LayerwiseEngine, _all_reduce
 from .offload import read_weight, write_weight
 from .saliency import SaliencyCollector
@@ -186,9 +185,10 @@ class StructuredEngine(LayerwiseEngine):
             outputs[width.attention.output_name] = width.attention.output
         stats = {}
         if captured is not None:
-            collector = StatisticsCollector(outputs, hessian=False, stop_early=True)
+            collector = self._statistics_collector(block, outputs, hessian=False)
             try:
                 self._run_block(block, index, captured, collector, keep_outputs=False)
+                self._learn_call_order(block, outputs, collector)
             finally:
                 collector.remove()
             _all_reduce(collector.stats)

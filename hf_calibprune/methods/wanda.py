@@ -14,7 +14,7 @@ __all__ = ["Wanda", "WandaOptions", "wanda_scores"]
 
 def wanda_scores(weight: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     """|W| scaled by the L2 norm (not the squared norm) of each input channel."""
-    return weight.abs() * norms.to(weight.dtype).unsqueeze(0)
+    return weight.abs().mul_(norms.to(weight.dtype).unsqueeze(0))
 
 
 @dataclass(frozen=True)

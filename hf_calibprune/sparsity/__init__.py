@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .allocation import LayerSparsity, owl_layer_sparsities, outlier_ratio, uniform_layer_sparsities
 from .patterns import SparsityPattern, lowest_mask, parse_pattern, prune_mask_from_scores
-from .statistics import InputStatistics
+from .statistics import InputStatistics, quadratic_trace
 
 __all__ = [
     "InputStatistics",
@@ -18,5 +18,6 @@ __all__ = [
     "owl_layer_sparsities",
     "parse_pattern",
     "prune_mask_from_scores",
+    "quadratic_trace",
     "uniform_layer_sparsities",
 ]
