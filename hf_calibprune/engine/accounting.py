@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..models import DecoderLayout, find_fused_experts, find_moe_blocks, find_prunable_linears, is_prunable_linear
+from ..sparsity import count_zeros
 from .offload import read_parameter
 
 __all__ = ["DenseWeight", "WeightCount", "count_block_weights", "dense_weights"]
@@ -89,5 +90,5 @@ def count_block_weights(layout: DecoderLayout) -> WeightCount:
             module = block.get_submodule(owner) if owner else block
             value = read_parameter(module, attribute, root=block, name=owner)
             total += value.numel()
-            zeros += value.numel() - int(torch.count_nonzero(value))
+            zeros += count_zeros(value)
     return WeightCount(zeros, total)

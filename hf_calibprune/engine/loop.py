@@ -27,7 +27,7 @@ from ..models import DecoderLayout, ExpertMatrix, find_decoder_layout, find_fuse
 from ..refinement import MaskRefiner
 from ..reconstruction import WeightReconstructor
 from ..records import BlockRecord, LayerRecord
-from ..sparsity import InputStatistics, LayerSparsity, SparsityPattern, outlier_ratio
+from ..sparsity import InputStatistics, LayerSparsity, SparsityPattern, count_zeros, outlier_ratio
 from .capture import CapturedInputs, block_hidden_output, capture_block_inputs
 from .checkpointing import BlockCheckpoint
 from .distributed import all_reduce_sums, broadcast_, resolve_device
@@ -497,7 +497,7 @@ class LayerwiseEngine:
             block=index,
             shape=list(written.shape),
             requested_sparsity=sparsity if pattern.is_unstructured else float(pattern.implied_sparsity),
-            measured_sparsity=1.0 - int(torch.count_nonzero(written)) / written.numel(),
+            measured_sparsity=count_zeros(written) / written.numel(),
             reconstruction_error=error,
             seconds=time.perf_counter() - started,
             info=result.info,

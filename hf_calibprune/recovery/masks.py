@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import ModelStructureError, SparsityMaskError
 from ..models import find_decoder_layout, fused_parameter_of, is_prunable_linear
 from ..registry import suggest
+from ..sparsity import count_zeros
 
 __all__ = [
     "SparsityKeeper",
@@ -228,7 +229,7 @@ def measured_sparsity(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> fl
     with torch.no_grad():
         for weight in _resolve_weights(model, masks).values():
             total += weight.numel()
-            zeros += weight.numel() - int(torch.count_nonzero(weight))
+            zeros += count_zeros(weight)
     return 0.0 if total == 0 else zeros / total
 
 

@@ -6,13 +6,14 @@ Pure tensor code: torch only, no transformers, no devices chosen here.
 from __future__ import annotations
 
 from .allocation import LayerSparsity, owl_layer_sparsities, outlier_ratio, uniform_layer_sparsities
-from .patterns import SparsityPattern, lowest_mask, parse_pattern, prune_mask_from_scores
+from .patterns import SparsityPattern, count_zeros, lowest_mask, parse_pattern, prune_mask_from_scores
 from .statistics import InputStatistics, quadratic_trace
 
 __all__ = [
     "InputStatistics",
     "LayerSparsity",
     "SparsityPattern",
+    "count_zeros",
     "lowest_mask",
     "outlier_ratio",
     "owl_layer_sparsities",
