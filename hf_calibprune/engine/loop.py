@@ -101,7 +101,7 @@ class LayerwiseEngine:
         self.layout: DecoderLayout = find_decoder_layout(model)
         # The Linear call order of each block structure seen (block class, Linear names), for stopping statistics
         # passes early from their first batch on.
-        self._call_orders: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        self._call_orders: dict[tuple[type, tuple[str, ...]], list[str]] = {}
 
     def capture(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> CapturedInputs:
         """Record the first block's inputs for every calibration sample."""
@@ -267,12 +267,12 @@ class LayerwiseEngine:
     def _statistics_collector(self, block, linears, hessian: bool, stop_early: bool = True) -> StatisticsCollector:
         """A collector for a statistics-only pass, stopping each batch after the block's last Linear call; from
         the first batch on when an earlier block of the same structure taught the call order."""
-        expected = self._call_orders.get((type(block).__name__, tuple(linears))) if stop_early else None
+        expected = self._call_orders.get((type(block), tuple(linears)))
         return StatisticsCollector(linears, hessian=hessian, stop_early=stop_early, expected_calls=expected)
 
     def _learn_call_order(self, block, linears, collector: StatisticsCollector) -> None:
         if collector.call_order is not None:
-            self._call_orders[(type(block).__name__, tuple(linears))] = collector.call_order
+            self._call_orders[(type(block), tuple(linears))] = collector.call_order
 
     def _expert_collector(self, block, hessian: bool, prune=None) -> ExpertCollector | None:
         experts = [f for f in find_fused_experts(block) if any(m.experts == f.name for m in self._expert_matrices(block))]
