@@ -1,5 +1,6 @@
 """Mask and weights together on SmolLM2-135M-Instruct: Wanda, RIA and SparseGPT at 2:4 and 50 % unstructured,
-each alone, with SparseSwaps mask refinement, with the ADMM weight update, and with both.
+each alone, with SparseSwaps mask refinement, with the ADMM weight update, with both, and with block-wise
+reconstruction.
 
 One process loads the model once and restores its dense weights before every run. Each run prunes with C4
 calibration from the shared file (sequential schedule) and reports the pruning seconds as a multiple of one
@@ -22,7 +23,10 @@ from grid import C4_FILE, ResultLog, grid_parser, load_dense_model, run_grid, to
 
 SECTION = ("reconstruct_benchmark", "## Mask and weights together: refinement and reconstruction")
 #: Each variant's (refine, reconstruct).
-VARIANTS = {"alone": (None, None), "swaps": ("swaps", None), "admm": (None, "admm"), "swaps+admm": ("swaps", "admm")}
+VARIANTS = {
+    "alone": (None, None), "swaps": ("swaps", None), "admm": (None, "admm"), "swaps+admm": ("swaps", "admm"),
+    "block": (None, "block"),
+}
 
 
 def run_all(args: argparse.Namespace, log: ResultLog) -> None:
@@ -65,8 +69,11 @@ def run_all(args: argparse.Namespace, log: ResultLog) -> None:
                     "sparsity": report.overall_sparsity, "mean_error": sum(errors) / len(errors),
                 }
                 if reconstruct:
-                    pairs = [(layer.info["error_before_reconstruct"], layer.info["error_after_reconstruct"])
-                             for layer in report.layers]
+                    # ADMM: each Linear's error after over before; block: each block's (one per block).
+                    prefix = "block_error" if reconstruct == "block" else "error"
+                    pairs = {(layer.block if reconstruct == "block" else layer.name):
+                             (layer.info[f"{prefix}_before_reconstruct"], layer.info[f"{prefix}_after_reconstruct"])
+                             for layer in report.layers}.values()
                     row["reconstruct_ratio"] = sum(a / b for b, a in pairs if b) / len(pairs)
                 row["perplexity"] = wikitext2_perplexity(model, tokenizer, args)
                 log.record(row)
@@ -83,7 +90,7 @@ def markdown(results: list[dict], command: str, args: argparse.Namespace) -> str
         (r["perplexity"] for r in results if (r["method"], r["pattern"], r["variant"]) == ("sparsegpt", "2:4", "alone")),
         None,
     )
-    header = ["method", "pattern", "refine + reconstruct", "prune s", "× dense forward", "error", "admm/start",
+    header = ["method", "pattern", "refine + reconstruct", "prune s", "× dense forward", "error", "after/before",
               "WikiText-2 ppl", "÷ SparseGPT 2:4"]
     rows = []
     for r in results:
@@ -98,11 +105,12 @@ def markdown(results: list[dict], command: str, args: argparse.Namespace) -> str
         f"2 shared, loaded CPU cores, torch {torch_version()}, float32; SmolLM2-135M-Instruct, sparsity 0.5, "
         f"calibration {args.num_samples} x {args.seq_len} tokens of C4 (`{C4_FILE}`), sequential schedule. "
         f"Perplexity on the first {args.ppl_windows} windows of {args.eval_seq_len} tokens of WikiText-2 test. "
-        f"SparseSwaps ran at most {args.max_iterations} swaps per row; ADMM with its default options. "
+        f"SparseSwaps ran at most {args.max_iterations} swaps per row; ADMM and block with their default options. "
         "\"× dense forward\": prune seconds over one dense pass of the calibration batch through the blocks, timed "
         "in the same process just before each method × pattern group (wall time on a shared machine: compare "
         "roughly). \"error\": mean over the 210 Linears of tr(ΔW H ΔWᵀ)/tr(W H Wᵀ) on the calibration inputs; "
-        "\"admm/start\": the mean ratio of that error after to before the ADMM update."
+        "\"after/before\": the mean ratio of that error after to before the ADMM update (block: of each block's "
+        "output error against the dense model's, after to before the block's re-fit)."
     )
     return preamble + "\n\n" + command_table(command, header, rows, text_columns=3)
 

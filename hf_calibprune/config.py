@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from ._io import read_json, write_json_atomic
 from .errors import ConfigError
 from .methods import METHODS, build_method
-from .reconstruction import RECONSTRUCTORS, build_reconstructor
+from .reconstruction import RECONSTRUCTORS, BlockReconstructor, build_reconstructor
 from .refinement import REFINERS, build_refiner
 from .registry import suggest
 from .sparsity import SparsityPattern, parse_pattern
@@ -68,10 +68,11 @@ class PruningConfig:
         refine (`str`, *optional*): a mask refiner run after the method: ``"dsnot"`` or ``"swaps"``.
         refine_options (`dict`, *optional*): options of the refiner.
         reconstruct (`str`, *optional*): re-fit the kept weights after the method and refiner, the mask fixed:
-            ``"admm"`` (see ``hf_calibprune.reconstruction.RECONSTRUCTORS``). A Linear keeps the method's weights
-            where the update would not lower its error.
+            ``"admm"`` per Linear from its Gram matrix, or ``"block"`` per decoder block towards the dense model's
+            block outputs (sequential schedule; see ``hf_calibprune.reconstruction.RECONSTRUCTORS``). A Linear
+            (a block) keeps the method's weights where the re-fit would not lower its error.
         reconstruct_options (`dict`, *optional*): options of the reconstructor, e.g. ``{"rho": 0.3,
-            "max_iterations": 100}`` for ADMM.
+            "max_iterations": 100}`` for ADMM, ``{"epochs": 1, "learning_rate": 3e-4}`` for block.
         execution_device (`str`, *optional*): bring one block at a time to this device (``"cuda"``, ``"cuda:1"``)
             and move it back afterwards, so a model kept on CPU needs accelerator memory for one block plus
             activations. Blocks dispatched by accelerate (``device_map=...``) run where their hooks place them.
@@ -226,7 +227,12 @@ class PruningConfig:
             )
         if self.reconstruct is not None:
             RECONSTRUCTORS.check(self.reconstruct)
-            build_reconstructor(self.reconstruct, self.reconstruct_options)
+            if isinstance(build_reconstructor(self.reconstruct, self.reconstruct_options), BlockReconstructor):
+                if self.schedule != "sequential":
+                    raise ConfigError(
+                        f"`reconstruct='{self.reconstruct}'` runs each block again after pruning it, which the "
+                        f"sequential schedule does; drop `schedule='{self.schedule}'`."
+                    )
         elif self.reconstruct_options:
             raise ConfigError("`reconstruct_options` is set but `reconstruct` is not; pass reconstruct='admm'.")
 

@@ -40,12 +40,15 @@ class CapturedInputs:
         token_masks (`list[torch.Tensor]`): ``[batch, seq_len]`` bool per batch, ``False`` on padding.
         calls (`list[list[BlockCall]]`): ``calls[batch][block]``; identical calls share one object.
         tuple_output (`bool`): whether blocks return a tuple whose first item is the hidden states.
+        reference (`list[torch.Tensor]`, *optional*): the dense model's hidden states per batch at the same block,
+            kept beside ``hidden`` for block-wise reconstruction; ``None`` until the first block is reconstructed.
     """
 
     hidden: list[torch.Tensor] = field(default_factory=list)
     token_masks: list[torch.Tensor] = field(default_factory=list)
     calls: list[list[BlockCall]] = field(default_factory=list)
     tuple_output: bool | None = None
+    reference: list[torch.Tensor] | None = None
 
 
 class _Recorder(nn.Module):

@@ -119,7 +119,7 @@ def _weights_digest(weight: torch.Tensor) -> bytes:
     return header + sample.view(torch.uint8).numpy().tobytes()
 
 
-def _fused_parameters(block: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+def fused_parameters(block: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     """Fused expert weights of ``block`` by their name inside it (``"mlp.experts.gate_up_proj"``)."""
     return {f"{f.name}.{p}": (f.module, p) for f in find_fused_experts(block) for p in f.parameters}
 
@@ -146,7 +146,7 @@ def model_fingerprint(model: nn.Module, layout: DecoderLayout) -> dict[str, Any]
         for name, module in find_prunable_linears(block).items():
             digest.update(name.encode("utf-8"))
             digest.update(_weights_digest(read_weight(module, root=block, name=name)))
-        for name, (module, parameter) in _fused_parameters(block).items():
+        for name, (module, parameter) in fused_parameters(block).items():
             digest.update(name.encode("utf-8"))
             weight = read_parameter(module, parameter, root=block, name=name.rsplit(".", 1)[0])
             digest.update(_weights_digest(weight))
@@ -370,7 +370,7 @@ class BlockCheckpoint:
             block = layout.blocks[index]
             tensors = _load_tensors(self.directory / self.manifest["block_files"][index], f"block {index}'s weights")
             linears = find_prunable_linears(block)
-            fused = _fused_parameters(block)
+            fused = fused_parameters(block)
             unknown = sorted(set(tensors) - set(linears) - set(fused))
             if unknown:
                 raise CheckpointError(
@@ -421,12 +421,22 @@ class BlockCheckpoint:
                 "it to start over."
             )
         tensors = _load_tensors(self.directory / name, f"the inputs of block {next_block}")
-        saved = [tensors[f"hidden.{i}"] for i in range(len(tensors)) if f"hidden.{i}" in tensors]
-        if len(saved) != len(tensors) or not saved:
+        streams = {
+            stream: [tensors[f"{stream}.{i}"] for i in range(len(tensors)) if f"{stream}.{i}" in tensors]
+            for stream in ("hidden", "reference")
+        }
+        if sum(map(len, streams.values())) != len(tensors) or not streams["hidden"] or (
+            streams["reference"] and len(streams["reference"]) != len(streams["hidden"])
+        ):
             raise CheckpointError(
                 f"the saved activations in {self.directory / name} are malformed; delete it to start over."
             )
-        fresh = captured.hidden
+        captured.hidden[:] = self._regrouped(streams["hidden"], captured.hidden)
+        if streams["reference"]:  # the dense model's stream of block-wise reconstruction
+            captured.reference = self._regrouped(streams["reference"], captured.hidden)
+
+    def _regrouped(self, saved: list[torch.Tensor], fresh: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``saved`` activations as ``fresh``'s batches, devices and dtypes."""
         if [tuple(t.shape) for t in saved] != [tuple(t.shape) for t in fresh]:
             # Another batch_size: regroup the same samples (the order is the samples' order).
             joined = torch.cat(saved)
@@ -437,7 +447,7 @@ class BlockCheckpoint:
                     f"{(sum(sizes), *fresh[0].shape[1:])}; delete {self.directory} to start over."
                 )
             saved = list(joined.split(sizes))
-        captured.hidden[:] = [s.to(device=f.device, dtype=f.dtype) for s, f in zip(saved, fresh)]
+        return [s.to(device=f.device, dtype=f.dtype) for s, f in zip(saved, fresh)]
 
     # Writing ------------------------------------------------------------------------------------------
 
@@ -459,6 +469,7 @@ class BlockCheckpoint:
         if captured is not None and index + 1 < self.num_blocks:
             name = _ACTIVATIONS_FILE.format(index + 1, process_index())
             hidden = {f"hidden.{i}": _cpu_copy(h) for i, h in enumerate(captured.hidden)}
+            hidden.update({f"reference.{i}": _cpu_copy(h) for i, h in enumerate(captured.reference or ())})
             _save_tensors_atomic(hidden, self.directory / name)
             activation_files = {str(rank): _ACTIVATIONS_FILE.format(index + 1, rank) for rank in range(world_size())}
         barrier()
@@ -467,7 +478,7 @@ class BlockCheckpoint:
             weights = {
                 n: _cpu_copy(read_weight(m, root=block, name=n)) for n, m in find_prunable_linears(block).items()
             }
-            for name, (module, parameter) in _fused_parameters(block).items():
+            for name, (module, parameter) in fused_parameters(block).items():
                 weights[name] = _cpu_copy(read_parameter(module, parameter, root=block, name=name.rsplit(".", 1)[0]))
             _save_tensors_atomic(weights, self.directory / block_file)
             previous = self.manifest or {}

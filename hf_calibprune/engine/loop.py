@@ -25,11 +25,12 @@ from ..methods import PruningMethod
 from ..methods.wanda import wanda_scores
 from ..models import DecoderLayout, ExpertMatrix, find_decoder_layout, find_fused_experts, find_moe_blocks, find_prunable_linears
 from ..refinement import MaskRefiner
-from ..reconstruction import WeightReconstructor
+from ..reconstruction import BlockReconstructor, WeightReconstructor
 from ..records import BlockRecord, LayerRecord
 from ..sparsity import InputStatistics, LayerSparsity, SparsityPattern, count_zeros, outlier_ratio
+from .block_fit import block_error, fit_block, sample_rows, trainable_weights
 from .capture import CapturedInputs, block_hidden_output, capture_block_inputs
-from .checkpointing import BlockCheckpoint
+from .checkpointing import BlockCheckpoint, fused_parameters
 from .distributed import all_reduce_sums, broadcast_, resolve_device
 from .experts import ExpertCollector, ExpertListCalls, ExpertStore, MoeCalibration, eager_experts
 from .hooks import AllInputsGathered, ErrorMeter, StatisticsCollector, hessian_error
@@ -55,7 +56,9 @@ class EngineOptions:
             (``"cpu"`` keeps them off the accelerator); ``None`` leaves them where they were computed.
         ignore (`tuple[str, ...]`, *optional*): Linears whose name contains any of these stay dense.
         refiner (`MaskRefiner`, *optional*): improves each method's mask using the Gram matrix.
-        reconstructor (`WeightReconstructor`, *optional*): re-fits the kept weights after method and refiner.
+        reconstructor (`Reconstructor`, *optional*): re-fits the kept weights after method and refiner: each
+            Linear's (a :class:`WeightReconstructor`) or, in the sequential schedule, each block's together
+            (a :class:`BlockReconstructor`).
         progress (`bool`, *optional*, defaults to `True`): show a progress bar over blocks.
         execution_device (`str`, *optional*): move each block to this device (``"cuda"``) for its passes and
             back to where it was afterwards, so the accelerator holds one block at a time. Blocks placed by
@@ -72,7 +75,7 @@ class EngineOptions:
     activation_device: str | None = None
     ignore: tuple[str, ...] = ()
     refiner: MaskRefiner | None = None
-    reconstructor: WeightReconstructor | None = None
+    reconstructor: WeightReconstructor | BlockReconstructor | None = None
     progress: bool = True
     execution_device: str | None = None
     moe_calibration: MoeCalibration = "routed"
@@ -289,6 +292,10 @@ class LayerwiseEngine:
         # are called in an order that depends on routing, so no call is known to be a block's last.
         stop_early = not any(hasattr(module, "_hf_hook") for module in block.modules()) and not find_moe_blocks(block)
         hessian = self._needs_gram(method)
+        fit = self.options.reconstructor if isinstance(self.options.reconstructor, BlockReconstructor) else None
+        if fit is not None:  # the dense block's outputs on the dense model's own inputs, before pruning it
+            reference = captured.reference if captured.reference is not None else list(captured.hidden)
+            targets = self._outputs(block, index, captured, reference)
         collector = self._statistics_collector(block, linears, hessian, stop_early)
         experts = self._expert_collector(block, hessian)
         lists = self._expert_lists(block, linears)
@@ -314,18 +321,30 @@ class LayerwiseEngine:
             if counter is not None:
                 counter.remove()
         _all_reduce(collector.stats)
-        records, removed = [], {}
+        records, removed, deltas = [], {}, {}
         for name, module in linears.items():
             record, delta = self._prune_linear(method, index, name, module, collector.stats.get(name), sparsity, pattern)
             if counter is not None:
                 record.info.update(list_info.get(name, {}))
             records.append(record)
-            if record.reconstruction_error is None and delta is not None:
-                removed[name] = delta
+            if delta is not None:
+                deltas[name] = delta
+                if record.reconstruction_error is None:
+                    removed[name] = delta
         if experts is not None:
             for matrix in self._expert_matrices(block):
                 records.append(self._prune_expert(method, index, store, matrix, experts, sparsity, pattern))
             store.flush()
+        if fit is None:
+            self._output_pass(block, index, captured, linears, records, removed)
+        else:
+            self._fit_block(fit, block, index, captured, linears, records, (removed, deltas), targets)
+            captured.reference = targets
+        return records
+
+    def _output_pass(self, block, index, captured, linears, records, removed) -> None:
+        """Run the pruned block over every batch for the next block's inputs, measuring the error of the Linears
+        in ``removed`` (``W − Ŵ`` by name) into their records."""
         meter = ErrorMeter(linears, removed, root=block) if removed else None
         try:
             self._run_block(block, index, captured, meter, keep_outputs=True)
@@ -338,7 +357,6 @@ class LayerwiseEngine:
             for name, record in zip(linears, records):
                 if name in errors:
                     record.reconstruction_error = errors[name]
-        return records
 
     def _prune_block_one_pass(
         self, method, index, block, linears, captured, sparsity, pattern, store
@@ -482,7 +500,7 @@ class LayerwiseEngine:
             result = method.prune(weight, stats, sparsity, pattern)
             if self.options.refiner is not None and stats is not None:
                 result = self._refine(weight, result, stats, sparsity, pattern)
-            if self.options.reconstructor is not None and stats is not None:
+            if isinstance(self.options.reconstructor, WeightReconstructor) and stats is not None:
                 result = self.options.reconstructor.reconstruct(weight, result, stats)
         except NumericalError as error:
             raise NumericalError(f"{full_name}: {error}") from error
@@ -505,7 +523,11 @@ class LayerwiseEngine:
         return record, delta
 
     def _needs_gram(self, method: PruningMethod) -> bool:
-        return method.needs == "hessian" or self.options.refiner is not None or self.options.reconstructor is not None
+        return (
+            method.needs == "hessian"
+            or self.options.refiner is not None
+            or isinstance(self.options.reconstructor, WeightReconstructor)
+        )
 
     def _refine(self, weight, result, stats, sparsity, pattern):
         before = hessian_error(weight - result.weight, weight, stats.gram)
@@ -537,22 +559,14 @@ class LayerwiseEngine:
         """Run ``block`` over every batch; ``hooks`` (one hook set, a tuple of them, or ``None``) see each batch's
         padding mask. With ``lockstep`` the batches run as a :class:`Lockstep`, meeting where hooks :func:`sync`."""
         hook_sets = [h for h in (hooks if isinstance(hooks, tuple) else (hooks,)) if h is not None]
-        device = _block_device(block)
-        moved: dict[int, tuple[tuple, dict]] = {}
+        call = self._block_call(block, index, captured)
 
         def run(batch: int) -> None:
-            hidden, call = captured.hidden[batch], captured.calls[batch][index]
+            hidden = captured.hidden[batch]
             for hook_set in hook_sets:
                 hook_set.token_mask = captured.token_masks[batch]
-            inputs = hidden if device is None else hidden.to(device)
-            args, kwargs = call.args, call.kwargs
-            if device is not None:
-                # Masks, position ids and rotary embeddings were computed where the embeddings ran.
-                if id(call) not in moved:
-                    moved[id(call)] = (send_to_device(call.args, device), send_to_device(call.kwargs, device))
-                args, kwargs = moved[id(call)]
             try:
-                output = block_hidden_output(block(inputs, *args, **kwargs))
+                output = call(hidden, batch)
             except AllInputsGathered:
                 if keep_outputs:
                     raise
@@ -575,6 +589,60 @@ class LayerwiseEngine:
             else:
                 for batch in batches:
                     run(batch)
+
+    def _block_call(self, block, index, captured):
+        """A function running ``block`` on one batch's hidden states (the samples ``rows`` of it, when given) with
+        that batch's call arguments, on the block's device, returning its hidden output."""
+        device = _block_device(block)
+        moved: dict[int, tuple[tuple, dict]] = {}
+
+        def call(hidden: torch.Tensor, batch: int, rows: slice | None = None) -> torch.Tensor:
+            arguments = captured.calls[batch][index]
+            args, kwargs = arguments.args, arguments.kwargs
+            if device is not None:
+                hidden = hidden.to(device)
+                # Masks, position ids and rotary embeddings were computed where the embeddings ran.
+                if id(arguments) not in moved:
+                    moved[id(arguments)] = (send_to_device(args, device), send_to_device(kwargs, device))
+                args, kwargs = moved[id(arguments)]
+            if rows is not None:
+                size = hidden.shape[0]
+                hidden, args, kwargs = hidden[rows], sample_rows(args, rows, size), sample_rows(kwargs, rows, size)
+            return block_hidden_output(block(hidden, *args, **kwargs))
+
+        return call
+
+    def _outputs(self, block, index, captured, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``block``'s outputs on ``hidden`` (one tensor per batch, kept where the inputs were)."""
+        call = self._block_call(block, index, captured)
+        with torch.no_grad():
+            return [call(h, batch).to(h.device) for batch, h in enumerate(hidden)]
+
+    def _fit_block(self, fit, block, index, captured, linears, records, removed, targets) -> None:
+        """Re-fit the pruned ``block`` towards ``targets``, then the output pass; where the fit did not lower the
+        block error, restore the method's weights and run the output pass again. ``removed`` is the method's
+        ``W − Ŵ`` of the Linears to meter, and of every Linear."""
+        method_removed, deltas = removed
+        inputs = list(captured.hidden)
+        before = block_error(self._outputs(block, index, captured, inputs), targets, captured.token_masks)
+        dense = {name: read_weight(linears[name], root=block, name=name).float() + delta for name, delta in deltas.items()}
+        weights = trainable_weights(block, linears, list(fused_parameters(block).values()))
+        fitted, details = fit_block(fit, weights, self._block_call(block, index, captured), inputs, targets, captured.token_masks)
+        refitted = {name: weight - read_weight(linears[name], root=block, name=name).float() for name, weight in dense.items()}
+        for record in records:  # measured again below for Linears; unknown for experts
+            record.reconstruction_error = None
+        self._output_pass(block, index, captured, linears, records, refitted)
+        after = block_error(captured.hidden, targets, captured.token_masks)
+        kept = after < before
+        if not kept:
+            fitted.restore()
+            captured.hidden[:] = inputs
+            self._output_pass(block, index, captured, linears, records, method_removed)
+        for record in records:
+            record.info.update(
+                details, block_error_before_reconstruct=before, block_error_after_reconstruct=after if kept else before,
+                block_reconstructed=kept,
+            )
 
     def _progress(self, blocks: nn.ModuleList, description: str):
         return tqdm(blocks, desc=description, unit="block", disable=not self.options.progress)

@@ -17,14 +17,13 @@ exactly zero.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..errors import ConfigError, NumericalError
-from .base import WeightReconstructor
+from ..errors import NumericalError
+from .base import WeightReconstructor, check_options
 
 __all__ = ["ADMMReconstructor", "ADMMOptions"]
 
@@ -48,20 +47,7 @@ class ADMMOptions:
     check_every: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("rho", "tolerance"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(
-                    f"`reconstruct_options={{'{name}': {value!r}}}` must be a positive number, such as "
-                    f"{ADMMOptions.__dataclass_fields__[name].default}."
-                )
-        for name in ("max_iterations", "check_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(
-                    f"`reconstruct_options={{'{name}': {value!r}}}` must be a whole number of at least 1, such as "
-                    f"{ADMMOptions.__dataclass_fields__[name].default}."
-                )
+        check_options(self, positive=("rho", "tolerance"), whole=("max_iterations", "check_every"))
 
 
 class ADMMReconstructor(WeightReconstructor):

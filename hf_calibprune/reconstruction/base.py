@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -12,7 +13,27 @@ from ..methods.base import PruneResult
 from ..registry import options_from_dict
 from ..sparsity import InputStatistics
 
-__all__ = ["WeightReconstructor", "layer_error"]
+__all__ = ["Reconstructor", "WeightReconstructor", "check_options", "layer_error"]
+
+
+def check_options(options: Any, positive: tuple[str, ...] = (), whole: tuple[str, ...] = ()) -> None:
+    """Raise a :class:`ConfigError` naming the first of ``options``' fields that is not a positive number
+    (``positive``) or a whole number of at least 1 (``whole``), with its default as an example."""
+    fields = type(options).__dataclass_fields__
+    for name in positive:
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(
+                f"`reconstruct_options={{'{name}': {value!r}}}` must be a positive number, such as "
+                f"{fields[name].default}."
+            )
+    for name in whole:
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(
+                f"`reconstruct_options={{'{name}': {value!r}}}` must be a whole number of at least 1, such as "
+                f"{fields[name].default}."
+            )
 
 
 def layer_error(removed: torch.Tensor, weight: torch.Tensor, gram: torch.Tensor) -> float:
@@ -23,15 +44,10 @@ def layer_error(removed: torch.Tensor, weight: torch.Tensor, gram: torch.Tensor)
     return float(((removed @ gram) * removed).sum()) / reference if reference else 0.0
 
 
-class WeightReconstructor(ABC):
-    """Re-fits the weights a method (and refiner) kept so that the layer's outputs on the calibration inputs
-    move back towards the dense ones: ``min ‖(W − Ŵ) X‖²`` over Ŵ with Ŵ zero wherever the mask pruned.
-
-    The engine gathers the Gram matrix ``G = Σ x xᵀ`` (``stats.gram``) whenever a reconstructor is configured
-    and calls :meth:`reconstruct` with the dense weight and the pruned result, both ``[out, in]`` float32.
-    Subclasses implement :meth:`update`; :meth:`reconstruct` keeps the mask, keeps the method's weights where
-    the update did not lower the error, and records the error before and after in ``info``.
-    """
+class Reconstructor:
+    """A registered reconstructor: its name and options. :class:`WeightReconstructor` re-fits one Linear at a
+    time from its Gram matrix; :class:`~hf_calibprune.reconstruction.block.BlockReconstructor` a whole block on
+    the calibration activations."""
 
     name: ClassVar[str]
     Options: ClassVar[type]
@@ -40,9 +56,20 @@ class WeightReconstructor(ABC):
         self.options = options if options is not None else self.Options()
 
     @classmethod
-    def from_options(cls, options: dict[str, Any] | None) -> WeightReconstructor:
+    def from_options(cls, options: dict[str, Any] | None) -> Reconstructor:
         """Build from a plain dict, with an error naming any unknown option."""
         return cls(options_from_dict(f"reconstructor '{cls.name}'", cls.Options, options, "reconstruct_options"))
+
+
+class WeightReconstructor(Reconstructor, ABC):
+    """Re-fits the weights a method (and refiner) kept so that the layer's outputs on the calibration inputs
+    move back towards the dense ones: ``min ‖(W − Ŵ) X‖²`` over Ŵ with Ŵ zero wherever the mask pruned.
+
+    The engine gathers the Gram matrix ``G = Σ x xᵀ`` (``stats.gram``) whenever a reconstructor is configured
+    and calls :meth:`reconstruct` with the dense weight and the pruned result, both ``[out, in]`` float32.
+    Subclasses implement :meth:`update`; :meth:`reconstruct` keeps the mask, keeps the method's weights where
+    the update did not lower the error, and records the error before and after in ``info``.
+    """
 
     def reconstruct(self, weight: torch.Tensor, result: PruneResult, stats: InputStatistics) -> PruneResult:
         """Return ``result`` with re-fitted kept weights, or ``result`` itself where they would not help.
