@@ -72,7 +72,7 @@ class PruningConfig:
             block outputs (sequential schedule; see ``hf_calibprune.reconstruction.RECONSTRUCTORS``). A Linear
             (a block) keeps the method's weights where the re-fit would not lower its error.
         reconstruct_options (`dict`, *optional*): options of the reconstructor, e.g. ``{"rho": 0.3,
-            "max_iterations": 100}`` for ADMM, ``{"epochs": 1, "learning_rate": 3e-4}`` for block.
+            "max_iterations": 100}`` for ADMM, ``{"epochs": 1, "learning_rate": 1e-3}`` for block.
         execution_device (`str`, *optional*): bring one block at a time to this device (``"cuda"``, ``"cuda:1"``)
             and move it back afterwards, so a model kept on CPU needs accelerator memory for one block plus
             activations. Blocks dispatched by accelerate (``device_map=...``) run where their hooks place them.

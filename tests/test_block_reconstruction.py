@@ -4,14 +4,17 @@ the dense model lowered or the method's weights kept bit for bit, and the whole 
 import pytest
 import torch
 
-from conftest import TEXT, make_tokenizer, tiny_model
+from conftest import TEXT, make_tokenizer, tiny_model, tiny_moe
 from hf_calibprune import CalibratedPruner, PruningConfig
 from hf_calibprune.engine import EngineOptions, LayerwiseEngine
 from hf_calibprune.engine.block_fit import sample_rows
 from hf_calibprune.engine.capture import block_hidden_output
+from hf_calibprune.engine.checkpointing import fused_parameters
 from hf_calibprune.errors import ConfigError
-from hf_calibprune.models import find_decoder_layout, find_prunable_linears, get_weight
-from hf_calibprune.sparsity import parse_pattern
+from hf_calibprune.methods import build_method
+from hf_calibprune.reconstruction import BlockReconstructor
+from hf_calibprune.sparsity import parse_pattern, uniform_layer_sparsities
+from hf_calibprune.models import find_decoder_layout, find_moe_blocks, find_prunable_linears, get_weight
 
 CALIBRATION = [TEXT[i * 7 :] for i in range(8)]
 BLOCKS = 3
@@ -72,6 +75,25 @@ def test_every_block_keeps_its_mask_and_moves_towards_the_dense_model(model_type
     assert logits_error(model, dense, ids) < 0.9 * logits_error(plain, dense, ids)
 
 
+@pytest.mark.parametrize("architecture", ["mixtral", "qwen2_moe"])
+def test_fused_experts_are_refitted_under_their_masks_and_routers_stay(architecture):
+    dense = tiny_moe(architecture)
+    model = tiny_moe(architecture)
+    config = PruningConfig(method="wanda", pattern="2:4", reconstruct="block", reconstruct_options=FIT,
+                           calibration=CALIBRATION, num_samples=8, seq_len=32, batch_size=4)
+    CalibratedPruner(config, tokenizer=make_tokenizer(), progress=False).prune(model)
+    for index, (block, dense_block) in enumerate(zip(find_decoder_layout(model).blocks, find_decoder_layout(dense).blocks)):
+        for key, (module, name) in fused_parameters(block).items():
+            weight, start = getattr(module, name), getattr(fused_parameters(dense_block)[key][0], name)
+            assert (weight == 0).float().mean() == 0.5 and not torch.equal(weight, start), f"{index}.{key}"
+        for moe in find_moe_blocks(block):
+            for router in moe.routers:
+                assert torch.equal(block.get_parameter(router), dense_block.get_parameter(router)), router
+    infos = {r.block: r.info for r in model.pruning_report.layers}
+    assert len(infos) == 2
+    assert all(i["block_error_after_reconstruct"] < 0.8 * i["block_error_before_reconstruct"] for i in infos.values())
+
+
 def test_a_fit_that_would_raise_the_error_is_undone_bit_for_bit():
     plain = pruned()
     model = pruned(reconstruct="block", reconstruct_options={"learning_rate": 10.0, "epochs": 1})
@@ -82,6 +104,22 @@ def test_a_fit_that_would_raise_the_error_is_undone_bit_for_bit():
         assert torch.equal(got, want), name
     for got, want in zip(model.pruning_report.layers, plain.pruning_report.layers, strict=True):
         assert got.reconstruction_error == pytest.approx(want.reconstruction_error, rel=1e-6), got.name
+
+
+def test_the_dense_stream_beside_the_pruned_one_is_the_dense_model_s():
+    """The targets of the last block are the dense model's own hidden states there, not the pruned model's."""
+    model, dense = tiny_model("llama", num_hidden_layers=BLOCKS), tiny_model("llama", num_hidden_layers=BLOCKS)
+    ids = torch.randint(4, 99, (4, 16), generator=torch.Generator().manual_seed(0))
+    engine = LayerwiseEngine(model, EngineOptions(batch_size=2, progress=False, reconstructor=BlockReconstructor()))
+    captured = engine.capture(ids, torch.ones_like(ids))
+    engine.prune(build_method("wanda"), parse_pattern("2:4"), uniform_layer_sparsities(
+        [engine.layout.block_name(i) for i in range(BLOCKS)], 0.5), captured)
+    with torch.no_grad():
+        want = dense(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        got = model.model.norm(torch.cat(captured.reference))
+        pruned = model.model.norm(torch.cat(captured.hidden))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (pruned - want).abs().max() > 1e-2
 
 
 def test_sparsity_zero_with_block_reconstruction_leaves_the_model_bit_identical():

@@ -83,6 +83,29 @@ def test_two_processes_prune_like_one(model_dir, calibration_file, tmp_path, ext
     _assert_execution(sharded, 2, [[0, 4], [4, 7]])
 
 
+def test_two_processes_reconstruct_blocks_with_uneven_shards(model_dir, calibration_file, tmp_path):
+    """Block-wise reconstruction steps in lockstep over processes holding 4 and 3 samples (one step without a
+    sample on rank 1), averaging gradients: it finishes, keeps the 2:4 masks and lowers every block's error."""
+    extra = ["--method", "wanda", "--pattern", "2:4", "--reconstruct", "block",
+             "--reconstruct-option", "learning_rate=0.003", "--reconstruct-option", "epochs=2"]
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert cli_main(_prune_args(model_dir, calibration_file, single, *extra)) == 0
+    _launch(_torchrun(2), _prune_args(model_dir, calibration_file, sharded, *extra))
+    got, want = load_file(sharded / "model.safetensors"), load_file(single / "model.safetensors")
+    pruned = [key for key in want if ".layers." in key and key.endswith("proj.weight")]
+    assert len(pruned) == 14
+    for key in pruned:
+        zeros = got[key] == 0
+        assert (zeros.reshape(zeros.shape[0], -1, 4).sum(-1) == 2).all(), key
+        if ".layers.0." in key:  # statistics over all 7 samples either way: the same masks
+            assert torch.equal(zeros, want[key] == 0), key
+    layers = json.loads((sharded / "pruning_report.json").read_text())["layers"]
+    for layer in layers:
+        info = layer["info"]
+        assert info["block_reconstructed"] and info["block_error_after_reconstruct"] < info["block_error_before_reconstruct"]
+    _assert_execution(sharded, 2, [[0, 4], [4, 7]])
+
+
 def _assert_execution(checkpoint: Path, world_size: int, shares: list[list[int]]) -> None:
     """The report says how many processes ran, on which backend and devices, with which samples; the card too."""
     text = (checkpoint / "pruning_report.json").read_text()

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from conftest import make_tokenizer, tiny_model
 from hf_calibprune import CalibratedPruner, PruningConfig, save_sparse
 from hf_calibprune.engine.offload import locate_weight, read_weight, write_weight
+from hf_calibprune.errors import ConfigError
 from hf_calibprune.models import find_decoder_layout, find_prunable_linears
 
 LAYERS = 3
@@ -95,6 +96,17 @@ def test_disk_and_cpu_offloaded_blocks_prune_like_in_memory(checkpoint, calibrat
     torch.testing.assert_close(_logits(model, ids), _logits(expected, ids), rtol=0, atol=0)
     report = model.pruning_report.to_dict()
     assert report["layers"] and abs(report["overall_sparsity"] - 0.5) < 0.01
+
+
+def test_block_reconstruction_of_offloaded_blocks_fails_before_pruning(checkpoint, calibration_file, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoint, device_map=_device_map(["cpu", "cpu", "disk"]), offload_folder=tmp_path / "offload"
+    )
+    before = _weights(model)
+    config = _config(calibration_file, pattern="2:4", reconstruct="block")
+    with pytest.raises(ConfigError, match="reconstruct='block' trains each block's kept weights in memory"):
+        CalibratedPruner(config, tokenizer=make_tokenizer(), progress=False).prune(model)
+    _assert_identical(_weights(model), before)
 
 
 def test_pruned_offloaded_weights_survive_save_and_reload(checkpoint, calibration_file, tmp_path):

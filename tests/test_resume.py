@@ -97,8 +97,9 @@ def reference():
         (dict(method="wanda", allocation="owl", owl_lambda=0.1), 3),
         (dict(method="magnitude"), 2),  # no activations: weights only
         (dict(method="wanda", pattern="2:4", reconstruct="admm"), 2),
+        (dict(method="wanda", pattern="2:4", reconstruct="block"), 2),  # the dense stream is saved beside
     ],
-    ids=["sparsegpt", "wanda-one-pass", "wanda-owl", "magnitude", "wanda-admm"],
+    ids=["sparsegpt", "wanda-one-pass", "wanda-owl", "magnitude", "wanda-admm", "wanda-block"],
 )
 def test_interrupted_run_resumes_bit_identical(tmp_path, reference, record_property, overrides, crash_block):
     how = "a failed write stops the run" if overrides["method"] == "magnitude" else "an exception stops the run"

@@ -21,8 +21,9 @@ __all__ = ["FittedWeights", "block_error", "fit_block", "sample_rows", "trainabl
 BlockCall = Callable[[torch.Tensor, int, slice], torch.Tensor]
 
 
-def trainable_weights(block: nn.Module, linears: dict[str, nn.Module], fused: list[tuple[nn.Module, str]]) -> list:
-    """The pruned parameters of ``block``: its Linears' weights and its fused experts' 3-D parameters."""
+def trainable_weights(linears: dict[str, nn.Module], fused: list[tuple[nn.Module, str]]) -> list[torch.Tensor]:
+    """The pruned parameters of a block: its Linears' weights and its fused experts' 3-D parameters (module,
+    parameter name)."""
     weights = [module.weight for module in linears.values()] + [getattr(module, name) for module, name in fused]
     if any(weight.device.type == "meta" for weight in weights):
         raise ConfigError(

@@ -177,6 +177,9 @@ class LayerwiseEngine:
         With a ``checkpoint``, blocks an earlier run finished are restored instead of pruned, and each block is
         saved to it once done.
         """
+        if isinstance(self.options.reconstructor, BlockReconstructor):  # offloaded weights fail here, before pruning
+            for block in self.layout.blocks:
+                self._trainable_weights(block)
         layers: list[LayerRecord] = []
         blocks: list[BlockRecord] = []
         done = checkpoint.completed_blocks() if checkpoint is not None else 0
@@ -612,6 +615,12 @@ class LayerwiseEngine:
 
         return call
 
+    def _trainable_weights(self, block) -> list[torch.Tensor]:
+        linears = find_prunable_linears(block, self.options.ignore)
+        fused = [(module, name) for key, (module, name) in fused_parameters(block).items()
+                 if not any(pattern in key for pattern in self.options.ignore)]
+        return trainable_weights(linears, fused)
+
     def _outputs(self, block, index, captured, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
         """``block``'s outputs on ``hidden`` (one tensor per batch, kept where the inputs were)."""
         call = self._block_call(block, index, captured)
@@ -626,7 +635,7 @@ class LayerwiseEngine:
         inputs = list(captured.hidden)
         before = block_error(self._outputs(block, index, captured, inputs), targets, captured.token_masks)
         dense = {name: read_weight(linears[name], root=block, name=name).float() + delta for name, delta in deltas.items()}
-        weights = trainable_weights(block, linears, list(fused_parameters(block).values()))
+        weights = self._trainable_weights(block)
         fitted, details = fit_block(fit, weights, self._block_call(block, index, captured), inputs, targets, captured.token_masks)
         refitted = {name: weight - read_weight(linears[name], root=block, name=name).float() for name, weight in dense.items()}
         for record in records:  # measured again below for Linears; unknown for experts

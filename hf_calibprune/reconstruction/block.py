@@ -26,14 +26,14 @@ __all__ = ["BlockOptions", "BlockReconstructor"]
 class BlockOptions:
     """Args:
     epochs (`int`, *optional*, defaults to 1): passes over the calibration samples.
-    learning_rate (`float`, *optional*, defaults to 3e-4): Adam's step size (in the weights' own units;
+    learning_rate (`float`, *optional*, defaults to 1e-3): Adam's step size (in the weights' own units;
         SmolLM2's are about 0.02-0.05 in size).
     samples_per_step (`int`, *optional*, defaults to 1): calibration samples per Adam step (at most the
         engine's ``batch_size``).
     """
 
     epochs: int = 1
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-3
     samples_per_step: int = 1
 
     def __post_init__(self) -> None:
