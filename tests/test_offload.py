@@ -56,11 +56,15 @@ def _pruned_in_memory(checkpoint, config) -> AutoModelForCausalLM:
     return CalibratedPruner(config, tokenizer=make_tokenizer(), progress=False).prune(model)
 
 
-def _assert_identical(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+def _assert_identical(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], exact: bool = True) -> None:
+    """The same masks; the same weights, bit for bit unless ``exact`` is off (then to float rounding)."""
     assert actual.keys() == expected.keys()
     for key in expected:
         assert torch.equal(actual[key] == 0, expected[key] == 0), f"mask of {key} differs"
-        assert torch.equal(actual[key], expected[key]), f"weights of {key} differ"
+        if exact:
+            assert torch.equal(actual[key], expected[key]), f"weights of {key} differ"
+        else:
+            torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=f"weights of {key} differ")
 
 
 def _logits(model, ids) -> torch.Tensor:
@@ -89,11 +93,16 @@ def test_disk_and_cpu_offloaded_blocks_prune_like_in_memory(checkpoint, calibrat
     assert locate_weight(q_proj).storage == "disk"
     CalibratedPruner(config, tokenizer=make_tokenizer(), progress=False).prune(model)
 
-    _assert_identical(_weights(model), _weights(expected))
+    # One-pass runs offloaded blocks as one batch (accelerate's hooks move weights away after each call, so
+    # micro-batches cannot meet before a Linear) and in-memory ones as micro-batches: SparseGPT's Gram sums then
+    # differ in float rounding, its masks not.
+    exact = schedule == "sequential"
+    _assert_identical(_weights(model), _weights(expected), exact)
     assert _hashes(checkpoint) == before, "the user's checkpoint must never be rewritten"
     # The hooks re-read offloaded weights on every forward: the model must compute with the pruned ones.
     ids = torch.randint(4, 99, (2, 16), generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(_logits(model, ids), _logits(expected, ids), rtol=0, atol=0)
+    tolerance = {} if exact else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(_logits(model, ids), _logits(expected, ids), **({"rtol": 0, "atol": 0} | tolerance))
     report = model.pruning_report.to_dict()
     assert report["layers"] and abs(report["overall_sparsity"] - 0.5) < 0.01
 
