@@ -3,7 +3,7 @@ hidden states beside the pruned one, the block's error against it, and the fit w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +52,9 @@ def _squared_error(output: torch.Tensor, target: torch.Tensor, token_mask: torch
     return difference.square().sum(), float(mask.sum()) * output.shape[-1]
 
 
-def block_error(outputs: list[torch.Tensor], targets: list[torch.Tensor], token_masks: list[torch.Tensor]) -> float:
-    """``Σ‖f(x) − y‖² / Σ‖y‖²`` over the real tokens of every batch and process."""
+def block_error(outputs: Iterable[torch.Tensor], targets: list[torch.Tensor], token_masks: list[torch.Tensor]) -> float:
+    """``Σ‖f(x) − y‖² / Σ‖y‖²`` over the real tokens of every batch and process (``outputs`` may be produced one
+    batch at a time)."""
     error = reference = 0.0
     for output, target, mask in zip(outputs, targets, token_masks, strict=True):
         error += float(_squared_error(output, target, mask)[0])

@@ -633,10 +633,12 @@ class LayerwiseEngine:
         ``W − Ŵ`` of the Linears to meter, and of every Linear."""
         method_removed, deltas = removed
         inputs = list(captured.hidden)
-        before = block_error(self._outputs(block, index, captured, inputs), targets, captured.token_masks)
+        call = self._block_call(block, index, captured)
+        with torch.no_grad():  # outputs one batch at a time, none kept
+            before = block_error((call(h, batch) for batch, h in enumerate(inputs)), targets, captured.token_masks)
         dense = {name: read_weight(linears[name], root=block, name=name).float() + delta for name, delta in deltas.items()}
         weights = self._trainable_weights(block)
-        fitted, details = fit_block(fit, weights, self._block_call(block, index, captured), inputs, targets, captured.token_masks)
+        fitted, details = fit_block(fit, weights, call, inputs, targets, captured.token_masks)
         refitted = {name: weight - read_weight(linears[name], root=block, name=name).float() for name, weight in dense.items()}
         for record in records:  # measured again below for Linears; unknown for experts
             record.reconstruction_error = None
