@@ -54,10 +54,13 @@ def run_all(args: argparse.Namespace, log: ResultLog) -> None:
             for variant in todo:
                 model.load_state_dict(dense)
                 refine, reconstruct = VARIANTS[variant]
+                refine_options = {"max_iterations": args.max_iterations} if refine else {}
+                if refine and args.candidates:
+                    refine_options["candidates"] = args.candidates
                 config = PruningConfig(
                     method=method, pattern=pattern, sparsity=0.5, calibration=calibration,
                     num_samples=args.num_samples, seq_len=args.seq_len, seed=0,
-                    refine=refine, refine_options={"max_iterations": args.max_iterations} if refine else {},
+                    refine=refine, refine_options=refine_options,
                     reconstruct=reconstruct,
                 )
                 CalibratedPruner(config, tokenizer=tokenizer, progress=False).prune(model)
@@ -81,7 +84,7 @@ def run_all(args: argparse.Namespace, log: ResultLog) -> None:
 
 def _settings(args: argparse.Namespace) -> dict:
     """What makes two runs comparable; rows saved with other settings are not reused."""
-    keys = ("num_samples", "seq_len", "max_iterations", "ppl_windows", "eval_seq_len")
+    keys = ("num_samples", "seq_len", "max_iterations", "candidates", "ppl_windows", "eval_seq_len")
     return {key: getattr(args, key) for key in keys}
 
 
@@ -105,7 +108,10 @@ def markdown(results: list[dict], command: str, args: argparse.Namespace) -> str
         f"2 shared, loaded CPU cores, torch {torch_version()}, float32; SmolLM2-135M-Instruct, sparsity 0.5, "
         f"calibration {args.num_samples} x {args.seq_len} tokens of C4 (`{C4_FILE}`), sequential schedule. "
         f"Perplexity on the first {args.ppl_windows} windows of {args.eval_seq_len} tokens of WikiText-2 test. "
-        f"SparseSwaps ran at most {args.max_iterations} swaps per row; ADMM and block with their default options. "
+        f"SparseSwaps ran at most {args.max_iterations} swaps per row"
+        + (f" (unstructured: searching {args.candidates} x {args.candidates} candidate pairs per row)"
+           if args.candidates else "")
+        + "; ADMM and block with their default options. "
         "\"× dense forward\": prune seconds over one dense pass of the calibration batch through the blocks, timed "
         "in the same process just before each method × pattern group (wall time on a shared machine: compare "
         "roughly). \"error\": mean over the 210 Linears of tr(ΔW H ΔWᵀ)/tr(W H Wᵀ) on the calibration inputs; "
@@ -119,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = grid_parser(__doc__, ["sparsegpt", "wanda", "ria"], ["2:4", "unstructured"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--max-iterations", type=int, default=100, help="SparseSwaps max_iterations.")
+    parser.add_argument("--candidates", type=int, default=None,
+                        help="SparseSwaps `candidates` for unstructured rows (None: every pair, O(in²) per row "
+                             "per swap: hours on a CPU).")
     args = parser.parse_args(argv)
     log = ResultLog(args.results, _settings(args), "variant")
     return run_grid(args, argv, "reconstruct_benchmark.py", log, args.variants, run_all, markdown, SECTION)
