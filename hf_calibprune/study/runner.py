@@ -201,8 +201,9 @@ def run_study(
         if cached is not None:
             reused += 1
             records.append(cached)
-            if not run.is_dense:  # a resumed study judges its budget by the runs it already timed
-                longest = max(longest, float(cached.get("prune_seconds") or 0) + float(cached.get("eval_seconds") or 0))
+            # A resumed study judges its budget by the runs it already timed, the dense one included: a pruned
+            # run evaluates the same tasks, so the dense run's time is a lower bound of it.
+            longest = max(longest, float(cached.get("prune_seconds") or 0) + float(cached.get("eval_seconds") or 0))
             logger.info("[%d/%d] %s: cached, skipped.", index, len(plan.runs), run.run_id)
             continue
         if deadline is not None and (skipped or time.monotonic() + longest > deadline):

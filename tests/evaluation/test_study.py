@@ -136,3 +136,28 @@ def test_a_spent_time_budget_starts_no_run_and_a_later_call_resumes(saved_model,
     resumed = run_study(settings, tmp_path / "out", deadline=time.monotonic() + 3600)
     assert (resumed.pruned, resumed.skipped) == (2, 0)
     assert [record["seed"] for record in resumed.records] == [None, 0, 1]
+
+
+def test_a_budget_shorter_than_the_cached_dense_run_starts_no_pruned_run(saved_model, small_data_dir, tmp_path):
+    """A tables-only call (a tiny budget) on a study whose dense run is cached must not start pruning: the dense
+    run's time is a lower bound of a pruned run's, which evaluates the same tasks."""
+    import json
+    import time
+
+    from hf_calibprune.study import run_study
+
+    settings = StudySettings(
+        model=str(saved_model), calibration=("c4",), eval=("wikitext2",), num_samples=4, seq_len=32, limit=2,
+        seeds=(0,), data_dir=str(small_data_dir),
+    )
+    first = run_study(settings, tmp_path / "out", deadline=time.monotonic() + 3600)
+    assert first.pruned == 1
+    runs = tmp_path / "out" / "runs"
+    for path in runs.glob("wanda-*.json"):
+        path.unlink()
+    (dense_path,) = runs.glob("dense-*.json")
+    dense = json.loads(dense_path.read_text())
+    dense["eval_seconds"] = 60.0
+    dense_path.write_text(json.dumps(dense))
+    tables_only = run_study(settings, tmp_path / "out", deadline=time.monotonic() + 30)
+    assert (tables_only.pruned, tables_only.reused, tables_only.skipped) == (0, 1, 1)
