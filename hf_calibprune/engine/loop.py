@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -621,11 +622,16 @@ class LayerwiseEngine:
                  if not any(pattern in key for pattern in self.options.ignore)]
         return trainable_weights(linears, fused)
 
+    def _each_output(self, block, index, captured, hidden: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """``block``'s outputs on ``hidden``, one batch at a time, each where its input was. The caller holds
+        ``torch.no_grad()`` while it consumes them (a generator cannot hold it without leaking it between batches)."""
+        call = self._block_call(block, index, captured)
+        return (call(h, batch).to(h.device) for batch, h in enumerate(hidden))
+
     def _outputs(self, block, index, captured, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
         """``block``'s outputs on ``hidden`` (one tensor per batch, kept where the inputs were)."""
-        call = self._block_call(block, index, captured)
         with torch.no_grad():
-            return [call(h, batch).to(h.device) for batch, h in enumerate(hidden)]
+            return list(self._each_output(block, index, captured, hidden))
 
     def _fit_block(self, fit, block, index, captured, linears, records, removed, targets) -> None:
         """Re-fit the pruned ``block`` towards ``targets``, then the output pass; where the fit did not lower the
@@ -633,12 +639,12 @@ class LayerwiseEngine:
         ``W − Ŵ`` of the Linears to meter, and of every Linear."""
         method_removed, deltas = removed
         inputs = list(captured.hidden)
-        call = self._block_call(block, index, captured)
         with torch.no_grad():  # outputs one batch at a time, none kept
-            before = block_error((call(h, batch) for batch, h in enumerate(inputs)), targets, captured.token_masks)
+            before = block_error(self._each_output(block, index, captured, inputs), targets, captured.token_masks)
         dense = {name: read_weight(linears[name], root=block, name=name).float() + delta for name, delta in deltas.items()}
         weights = self._trainable_weights(block)
-        fitted, details = fit_block(fit, weights, call, inputs, targets, captured.token_masks)
+        fitted, details = fit_block(fit, weights, self._block_call(block, index, captured), inputs, targets,
+                                    captured.token_masks)
         refitted = {name: weight - read_weight(linears[name], root=block, name=name).float() for name, weight in dense.items()}
         for record in records:  # measured again below for Linears; unknown for experts
             record.reconstruction_error = None
