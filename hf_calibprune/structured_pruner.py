@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from .engine import EngineOptions
-from .engine.distributed import init_distributed, is_main_process, world_size
+from .engine.distributed import init_distributed, is_main_process
 from .engine.structured import StructuredEngine
 from .errors import ConfigError
 from .methods import build_method
@@ -42,8 +42,6 @@ def prune_structured(pruner: CalibratedPruner, model: nn.Module) -> nn.Module:
             "end); run without checkpoint_dir / --resume-dir."
         )
     init_distributed()
-    if config.pattern == "blocks" and world_size() > 1:
-        raise ConfigError("pattern='blocks' runs in one process; launch it without torchrun / accelerate launch.")
     method = build_method(config.method, config.method_options)
     engine = StructuredEngine(
         model,

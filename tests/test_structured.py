@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TEXT, tiny_model
+from conftest import TEXT, make_tokenizer, tiny_model
 from hf_calibprune import CalibratedPruner, ConfigError, PruningConfig, save_sparse
 from hf_calibprune.models import find_decoder_layout
 from hf_calibprune.models.surgery import block_width
@@ -327,3 +327,40 @@ def test_removing_inner_blocks_renumbers_cache_slots_so_cached_generation_matche
     cached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True)
     uncached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False)
     assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        # Batches of 3 over 7 samples: the first 6 are the greedy loss's (4 rounded up to whole batches); the
+        # second process holds samples 4-6, so it reads 2 rows of its only batch.
+        ["--method", "block-perplexity", "--pattern", "blocks", "--method-option", "eval_samples=4",
+         "--batch-size", "3"],
+        pytest.param(["--method", "block-influence", "--pattern", "blocks"], marks=pytest.mark.slow),
+        pytest.param(["--method", "flap", "--pattern", "channels", "--sparsity", "0.25"], marks=pytest.mark.slow),
+    ],
+    ids=["greedy-loss", "block-influence", "flap"],
+)
+def test_two_processes_remove_what_one_process_removes(calibration_file, tmp_path, args):
+    from safetensors.torch import load_file
+    from test_distributed import _launch, _prune_args, _torchrun
+
+    from hf_calibprune.cli import main as cli_main
+
+    checkpoint = tmp_path / "tiny"
+    model_of("llama").save_pretrained(checkpoint)
+    make_tokenizer().save_pretrained(checkpoint)
+    assert cli_main(_prune_args(checkpoint, calibration_file, tmp_path / "single", *args)) == 0
+    _launch(_torchrun(2), _prune_args(checkpoint, calibration_file, tmp_path / "sharded", *args))
+    single, sharded = (json.loads((tmp_path / run / "pruning_report.json").read_text())["structure"]
+                       for run in ("single", "sharded"))
+    for key in ("removed_blocks", "removed"):
+        assert sharded.get(key) == single.get(key)
+    for name, score in single.get("block_influence", {}).items():
+        assert sharded["block_influence"][name] == pytest.approx(score, rel=1e-4)
+    for got, want in zip(sharded.get("greedy_losses", []), single.get("greedy_losses", []), strict=True):
+        assert got == pytest.approx(want, rel=1e-4)
+    got, want = load_file(tmp_path / "sharded" / "model.safetensors"), load_file(tmp_path / "single" / "model.safetensors")
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=f"weights of {key} differ")

@@ -57,7 +57,9 @@ from ..structured import (
     lowest_indices,
     plan_width,
 )
+from .block_fit import sample_rows
 from .capture import CapturedInputs, block_hidden_output
+from .distributed import all_reduce_sums, shard_slice
 from .loop import LayerwiseEngine, _all_reduce
 from .offload import read_weight, write_weight
 from .saliency import SaliencyCollector
@@ -374,7 +376,12 @@ class StructuredEngine(LayerwiseEngine):
 
 
 class _Measures:
-    """The measurements a :class:`BlockSelector` may ask for, on the captured calibration inputs."""
+    """The measurements a :class:`BlockSelector` may ask for, on the captured calibration inputs.
+
+    Under a multi-process launch each process measures its share of the samples and the sums are all-reduced, so
+    every process makes the single-process choices: block influence over every sample, the calibration loss over
+    the same first ``eval_samples`` samples (rounded up to whole batches of ``batch_size``) as one process takes.
+    """
 
     def __init__(self, engine: StructuredEngine, captured, input_ids, attention_mask, eval_samples: int | None) -> None:
         self.engine = engine
@@ -382,61 +389,80 @@ class _Measures:
         self.first_inputs = list(captured.hidden)
         self.input_ids = input_ids
         self.attention_mask = attention_mask
-        self.batches = len(captured.hidden)
-        if eval_samples is not None:
-            sizes = [h.shape[0] for h in captured.hidden]
-            covered, batches = 0, 0
-            while batches < len(sizes) and covered < eval_samples:
-                covered += sizes[batches]
-                batches += 1
-            self.batches = max(batches, 1)
+        self.evaluated = self._evaluated_rows(eval_samples)
         self.influence_cache: list[float] | None = None
         self.rounds: list[dict[str, float]] = []
 
+    def _evaluated_rows(self, eval_samples: int | None) -> list[int]:
+        """How many leading rows of each local batch the greedy loss reads (a prefix of this process's samples)."""
+        sizes = [h.shape[0] for h in self.first_inputs]
+        local = sum(sizes)
+        if eval_samples is None:
+            return sizes
+        total = int(all_reduce_sums([float(local)])[0])
+        batch_size = self.engine.options.batch_size
+        wanted = min(total, -(-eval_samples // batch_size) * batch_size)
+        left = min(max(wanted - shard_slice(total).start, 0), local)
+        rows = []
+        for size in sizes:
+            if left <= 0:
+                break
+            rows.append(min(size, left))
+            left -= rows[-1]
+        return rows
+
     def influence(self) -> list[float]:
         if self.influence_cache is None:
-            layout, scores = self.engine.layout, []
+            layout, totals, tokens = self.engine.layout, [], []
             hidden = list(self.first_inputs)
             for index, block in enumerate(self.engine._progress(layout.blocks, "Measuring block influence")):
-                total, tokens = 0.0, 0
+                total, count = 0.0, 0
                 for batch in range(len(hidden)):
                     output = self._forward(block, index, batch, hidden[batch])
                     s, n = block_influence_terms(hidden[batch], output, self.captured.token_masks[batch])
-                    total, tokens = total + s, tokens + n
+                    total, count = total + s, count + n
                     hidden[batch] = output
-                scores.append(total / max(tokens, 1))
-            self.influence_cache = scores
+                totals.append(total)
+                tokens.append(float(count))
+            sums = all_reduce_sums(totals + tokens)
+            self.influence_cache = [s / max(n, 1.0) for s, n in zip(sums[: len(totals)], sums[len(totals) :])]
         return self.influence_cache
 
     def loss_without(self, removed: Iterable[int]) -> list[float]:
         removed = set(removed)
         blocks = self.engine.layout.blocks
         inputs: list[list[torch.Tensor]] = []
-        hidden = self.first_inputs[: self.batches]
+        hidden = [h[:rows] for h, rows in zip(self.first_inputs, self.evaluated)]
         for index, block in enumerate(blocks):
             inputs.append(hidden)
             if index not in removed:
                 hidden = [self._forward(block, index, b, h) for b, h in enumerate(hidden)]
-        losses = []
-        for candidate in self.engine._progress(range(len(blocks)), f"Trying removals (round {len(removed) + 1})"):
-            if candidate in removed:
-                losses.append(math.inf)
-                continue
+        candidates = [c for c in range(len(blocks)) if c not in removed]
+        terms = []
+        for candidate in self.engine._progress(candidates, f"Trying removals (round {len(removed) + 1})"):
             hidden = inputs[candidate]
             for index in range(candidate + 1, len(blocks)):
                 if index not in removed:
                     hidden = [self._forward(blocks[index], index, b, h) for b, h in enumerate(hidden)]
-            losses.append(self._loss(hidden))
+            terms.append(self._loss_terms(hidden))
+        sums = all_reduce_sums([total for total, _ in terms] + [tokens for _, tokens in terms])
+        measured = dict(zip(candidates, (s / max(n, 1.0) for s, n in zip(sums[: len(terms)], sums[len(terms) :]))))
+        losses = [measured.get(candidate, math.inf) for candidate in range(len(blocks))]
         self.rounds.append({self.engine.layout.block_name(i): l for i, l in enumerate(losses) if math.isfinite(l)})
         return losses
 
     def _forward(self, block: nn.Module, index: int, batch: int, hidden: torch.Tensor) -> torch.Tensor:
         call = self.captured.calls[batch][index]
+        args, kwargs, size = call.args, call.kwargs, self.first_inputs[batch].shape[0]
+        if hidden.shape[0] < size:  # the greedy loss reads only the leading rows of a batch
+            rows = slice(0, hidden.shape[0])
+            args, kwargs = sample_rows(args, rows, size), sample_rows(kwargs, rows, size)
         with torch.no_grad():
-            return block_hidden_output(block(hidden, *call.args, **call.kwargs))
+            return block_hidden_output(block(hidden, *args, **kwargs))
 
-    def _loss(self, final_hidden: list[torch.Tensor]) -> float:
-        """Mean next-token NLL of the model's head (final norm, lm_head) on ``final_hidden``, padding excluded.
+    def _loss_terms(self, final_hidden: list[torch.Tensor]) -> tuple[float, float]:
+        """Summed next-token NLL of the model's head (final norm, lm_head) on ``final_hidden`` and the number of
+        tokens it was summed over, padding excluded.
 
         The decoder blocks are swapped for stand-ins that return the given hidden states, so the model's own
         forward applies whatever follows its blocks; nothing is named per architecture.
@@ -459,7 +485,7 @@ class _Measures:
         finally:
             for i, block in enumerate(originals):
                 layout.blocks[i] = block
-        return total / max(tokens, 1)
+        return total, float(tokens)
 
 
 class _Replay(nn.Module):
