@@ -7,9 +7,10 @@ perplexity, and the speed of the pruned model against the dense one held in the 
 (1 × --prefill-len tokens) and greedy decode (--decode-tokens new tokens for each batch size of
 --decode-batches: at batch 1 a small model's decode on a CPU is bound by per-operation overhead, which width
 pruning does not remove, so a larger batch shows what the multiply-adds allow). Dense and pruned are timed in
-alternation, --repeats times; the table gives the ratio of the fastest dense time to the fastest pruned time
-(other jobs only ever add time) and the spread of the paired ratios. Beside each measured speed-up is
-the ideal one: dense multiply-adds per token over the pruned model's (every Linear including lm_head, plus
+alternation, --repeats times; the table gives the median of the paired ratios (each pruned timing against the dense
+one just before it, so a slow spell of the machine that lasts longer than a pair slows both and cancels), their
+spread, and the ratio of the fastest dense time to the fastest pruned time beside it. Beside each measured speed-up
+is the ideal one: dense multiply-adds per token over the pruned model's (every Linear including lm_head, plus
 attention scores at the mean prefill context). Then --recover-steps of LoRA recovery on the best width and depth
 rows, and their perplexity after.
 
@@ -60,9 +61,8 @@ def decode_key(batch: int) -> str:
 
 
 def speed_ratios(dense, pruned, tokenizer, args) -> dict:
-    """dense-time / pruned-time for prefill and decode, timed in alternation: ``best`` is the ratio of the two
-    fastest times (other jobs on the machine only ever add time, so the minimum is the least disturbed), with the
-    median and spread of the paired ratios beside it."""
+    """dense-time / pruned-time for prefill and decode, timed in alternation: ``median``, ``min`` and ``max`` of
+    the paired ratios (each pair timed back to back), and ``best``, the ratio of the two fastest times."""
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(100, 20000, (max(args.decode_batches), args.prefill_len), generator=generator)
 
@@ -103,7 +103,8 @@ def retime(rows: list[dict], dense, tokenizer, args, results_path: Path) -> None
         row["speed"] = speed_ratios(dense, model, tokenizer, args)
         results_path.write_text(json.dumps(rows, indent=2))
         print(f"retimed {label(row)} {row['sparsity']:.2f}: " + ", ".join(
-            f"{kind} {timing['best']:.3f}" for kind, timing in row["speed"].items()), flush=True)
+            f"{kind} {timing['median']:.3f} (fastest {timing['best']:.3f})" for kind, timing in row["speed"].items()),
+            flush=True)
         del model
 
 
@@ -169,8 +170,8 @@ def run(args) -> list[dict]:
         results_path.write_text(json.dumps(rows, indent=2))
         speed = row.get("speed", {})
         print(f"{row['method']:>17} {row['pattern']:>12} {row['sparsity']:.2f} params {row['parameters']:,} "
-              f"ppl {row['perplexity']:.2f} prefill {speed.get('prefill', {}).get('best', 1):.3f} "
-              f"decode {speed.get('decode', {}).get('best', 1):.3f} ideal {row['ideal_speedup']:.3f}", flush=True)
+              f"ppl {row['perplexity']:.2f} prefill {speed.get('prefill', {}).get('median', 1):.3f} "
+              f"decode {speed.get('decode', {}).get('median', 1):.3f} ideal {row['ideal_speedup']:.3f}", flush=True)
 
     if ("dense", "-", 0.0, False) not in done:
         add({"method": "dense", "pattern": "-", "sparsity": 0.0, **measure(dense, dense, tokenizer, args, workdir, "dense")})
@@ -245,8 +246,9 @@ def label(row) -> str:
 
 def markdown(rows: list[dict], command: str) -> str:
     decodes = sorted({key for r in rows for key in r.get("speed", {}) if key.startswith("decode")}, key=len)
-    header = ["row", "removed", "parameters", "checkpoint MB", "WikiText-2 ppl", "prefill speed-up (spread)",
-              *[f"decode{key[6:].replace('_x', ' batch ')} speed-up (spread)" for key in decodes], "ideal"]
+    header = ["row", "removed", "parameters", "checkpoint MB", "WikiText-2 ppl", "prefill speed-up (spread; fastest)",
+              *[f"decode{key[6:].replace('_x', ' batch ')} speed-up (spread; fastest)" for key in decodes], "ideal",
+              "lowest speed-up / ideal"]
     table = []
     for r in rows:
         speed = r.get("speed")
@@ -257,12 +259,15 @@ def markdown(rows: list[dict], command: str) -> str:
             if not speed:
                 return "not timed"
             s = speed[kind]
-            return f"{s['best']:.2f}× ({s['min']:.2f}–{s['max']:.2f})"
+            return f"{s['median']:.2f}× ({s['min']:.2f}–{s['max']:.2f}; {s['best']:.2f}×)"
+
+        share = f"{min(s['median'] for s in speed.values()) / r['ideal_speedup']:.0%}" if speed else "–"
 
         removed = f"{100 * r.get('removed_fraction', 0):.1f} %" if r["pattern"] in ("channels", "blocks") else (
             "50 % zeros" if r["pattern"] == "unstructured" else "–")
         table.append([label(r), removed, f"{r['parameters'] / 1e6:.1f} M", f"{r['checkpoint_bytes'] / 1e6:.0f}",
-                      f"{r['perplexity']:.2f}", cell("prefill"), *map(cell, decodes), f"{r['ideal_speedup']:.2f}×"])
+                      f"{r['perplexity']:.2f}", cell("prefill"), *map(cell, decodes), f"{r['ideal_speedup']:.2f}×",
+                      share])
     return command_table(command, header, table, text_columns=1)
 
 
@@ -274,12 +279,12 @@ def plot(rows: list[dict], path: Path, prefill_len: int) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for r in rows:
-        x = r["speed"]["prefill"]["best"] if r.get("speed") else 1.0
+        x = r["speed"]["prefill"]["median"] if r.get("speed") else 1.0
         marker = {"channels": "o", "blocks": "s", "unstructured": "^", "-": "*"}[r["pattern"]]
         axis.scatter(x, r["perplexity"], marker=marker, s=60 if r["pattern"] != "-" else 160)
         axis.annotate(f"{label(r)} {100 * r.get('removed_fraction', 0):.0f}%" if r["pattern"] in ("channels", "blocks")
                       else label(r), (x, r["perplexity"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
-    axis.set_xlabel(f"measured prefill speed-up vs dense (1 × {prefill_len} tokens, CPU, fastest against fastest)")
+    axis.set_xlabel(f"measured prefill speed-up vs dense (1 × {prefill_len} tokens, CPU, median of paired timings)")
     axis.set_ylabel("WikiText-2 perplexity (log scale)")
     axis.set_yscale("log")
     axis.set_title("SmolLM2-135M-Instruct: structured pruning, perplexity against measured speed")
