@@ -30,16 +30,16 @@ def prune_structured(pruner: CalibratedPruner, model: nn.Module) -> nn.Module:
     (``"experts"``) from ``model``.
 
     Everything that can be refused (a sparsity that removes every head or expert, an architecture without a known
-    layout, offloaded weights, resuming) is refused before calibration data is built.
+    layout, offloaded weights, resuming a pattern other than channels) is refused before calibration data is built.
     """
     from .pruner import _check_token_ids, _process_shard
 
     config = pruner.config
     check_decoder_only(model)
-    if pruner.checkpoint_dir is not None:
+    if pruner.checkpoint_dir is not None and config.pattern != "channels":
         raise ConfigError(
-            f"`pattern='{config.pattern}'` cannot resume from a checkpoint directory yet (it rewrites shapes at the "
-            "end); run without checkpoint_dir / --resume-dir."
+            f"`pattern='{config.pattern}'` cannot resume from a checkpoint directory yet (only 'channels' can); run "
+            "without checkpoint_dir / --resume-dir."
         )
     init_distributed()
     method = build_method(config.method, config.method_options)
@@ -75,7 +75,8 @@ def prune_structured(pruner: CalibratedPruner, model: nn.Module) -> nn.Module:
         shard = _process_shard(samples) if samples is not None else None
         captured = engine.capture(shard.input_ids, shard.attention_mask) if shard is not None else None
         if config.pattern == "channels":
-            result = engine.remove_channels(method, config.sparsity, captured)
+            checkpoint = pruner._open_checkpoint(model, engine, samples)
+            result = engine.remove_channels(method, config.sparsity, captured, checkpoint=checkpoint)
         elif config.pattern == "experts":
             result = engine.remove_experts(method, config.sparsity, captured)
         else:

@@ -364,3 +364,37 @@ def test_two_processes_remove_what_one_process_removes(calibration_file, tmp_pat
     assert got.keys() == want.keys()
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=f"weights of {key} differ")
+
+
+@pytest.mark.parametrize("model_type, method", [("llama", "flap"), ("phi3", "wanda")])
+def test_an_interrupted_channel_prune_resumes_bit_identical(tokenizer, tmp_path, model_type, method):
+    """FLAP on Llama adds compensation biases the model did not have; Phi-3's qkv and gate/up are fused."""
+    from test_resume import Interrupted, interrupt_at, manifest
+
+    reference = prune(model_of(model_type), tokenizer, method, "channels", 0.25)
+    first = model_of(model_type)
+    interrupt_at(first, 2, tmp_path)
+    with pytest.raises(Interrupted):
+        CalibratedPruner(config_of(method, "channels", 0.25), tokenizer=tokenizer, progress=False,
+                         checkpoint_dir=tmp_path).prune(first)
+    assert manifest(tmp_path)["completed_blocks"] == 2
+
+    second = model_of(model_type)
+    calls = []
+    second.model.layers[1].mlp.register_forward_hook(lambda *_: calls.append(1))
+    resumed = CalibratedPruner(config_of(method, "channels", 0.25), tokenizer=tokenizer, progress=False,
+                               checkpoint_dir=tmp_path).prune(second)
+    assert not calls, "a finished block was scored again"
+    assert resumed.pruning_report.structure["removed"] == reference.pruning_report.structure["removed"]
+    assert resumed.config.to_dict() == reference.config.to_dict()
+    want, got = reference.state_dict(), resumed.state_dict()
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.equal(got[key], want[key]), f"{key} differs from the uninterrupted run"
+    assert manifest(tmp_path)["completed_blocks"] == 4
+
+
+def test_depth_and_experts_refuse_to_resume(tmp_path):
+    with pytest.raises(ConfigError, match="only 'channels' can"):
+        CalibratedPruner(config_of("block-influence", "blocks", 0.5), progress=False,
+                         checkpoint_dir=tmp_path).prune(model_of("llama"))

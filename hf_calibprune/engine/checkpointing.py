@@ -55,6 +55,8 @@ MANIFEST_NAME = "resume_manifest.json"
 _FORMAT = "hf_calibprune-resume/1"
 _BLOCK_FILE = "block-{:05d}.safetensors"
 _ACTIVATIONS_FILE = "activations-{:05d}.rank{}.safetensors"
+#: Prefix of the extra tensors a walk saves beside a block's weights (:meth:`BlockCheckpoint.saved_extra`).
+_EXTRA = "extra."
 #: Values of each Linear's weight that :func:`model_fingerprint` hashes (evenly spaced; all of a smaller weight).
 _DIGEST_VALUES = 65536
 
@@ -369,6 +371,7 @@ class BlockCheckpoint:
         for index in range(done):
             block = layout.blocks[index]
             tensors = _load_tensors(self.directory / self.manifest["block_files"][index], f"block {index}'s weights")
+            tensors = {name: tensor for name, tensor in tensors.items() if not name.startswith(_EXTRA)}
             linears = find_prunable_linears(block)
             fused = fused_parameters(block)
             unknown = sorted(set(tensors) - set(linears) - set(fused))
@@ -412,6 +415,11 @@ class BlockCheckpoint:
             layout.block_name(done) if done < self.num_blocks else "the end",
         )
         return layers, blocks
+
+    def saved_extra(self, index: int) -> dict[str, torch.Tensor]:
+        """The extra tensors saved with finished block ``index`` (``save_block(..., extra=...)``)."""
+        tensors = _load_tensors(self.directory / self.manifest["block_files"][index], f"block {index}'s weights")
+        return {name[len(_EXTRA) :]: tensor for name, tensor in tensors.items() if name.startswith(_EXTRA)}
 
     def _restore_activations(self, captured: CapturedInputs, next_block: int) -> None:
         name = self.manifest.get("activation_files", {}).get(str(process_index()))
@@ -458,8 +466,10 @@ class BlockCheckpoint:
         captured: CapturedInputs | None,
         layers: list[LayerRecord],
         blocks: list[BlockRecord],
+        extra: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Commit block ``index``: its pruned weights, the next block's inputs and the records so far.
+        """Commit block ``index``: its pruned weights, the next block's inputs and the records so far, and ``extra``
+        tensors that :meth:`saved_extra` gives back (what a walk needs besides the weights to go on).
 
         Every process writes its own activations; the main process then writes the weights and, last, the
         manifest.
@@ -480,6 +490,7 @@ class BlockCheckpoint:
             }
             for name, (module, parameter) in fused_parameters(block).items():
                 weights[name] = _cpu_copy(read_parameter(module, parameter, root=block, name=name.rsplit(".", 1)[0]))
+            weights.update({f"{_EXTRA}{name}": _cpu_copy(tensor) for name, tensor in (extra or {}).items()})
             _save_tensors_atomic(weights, self.directory / block_file)
             previous = self.manifest or {}
             manifest = {

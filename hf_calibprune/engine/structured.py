@@ -59,6 +59,7 @@ from ..structured import (
 )
 from .block_fit import sample_rows
 from .capture import CapturedInputs, block_hidden_output
+from .checkpointing import BlockCheckpoint
 from .distributed import all_reduce_sums, shard_slice
 from .loop import LayerwiseEngine, _all_reduce
 from .offload import read_weight, write_weight
@@ -149,8 +150,18 @@ class StructuredEngine(LayerwiseEngine):
                 )
         return possible
 
-    def remove_channels(self, method: PruningMethod, sparsity: float, captured: CapturedInputs | None) -> StructuredResult:
-        """Remove attention key/value groups and MLP channels from every block (``pattern="channels"``)."""
+    def remove_channels(
+        self,
+        method: PruningMethod,
+        sparsity: float,
+        captured: CapturedInputs | None,
+        checkpoint: BlockCheckpoint | None = None,
+    ) -> StructuredResult:
+        """Remove attention key/value groups and MLP channels from every block (``pattern="channels"``).
+
+        With a ``checkpoint``, blocks an earlier run finished are restored (their zeroed columns, compensation
+        biases and choices) instead of scored again, and each block is saved to it once done; the cut comes last.
+        """
         plan, compensated, flagged = self.plan_width(method, sparsity, warn=True)
         before_model, before_blocks = _model_parameters(self.model), decoder_parameters(self.layout)
         sizes_before = _linear_sizes(self.model, self.layout.prefix, self.layout.blocks)
@@ -158,13 +169,22 @@ class StructuredEngine(LayerwiseEngine):
         per_group = block_width(self.model, self.layout.blocks[0]).attention
         per_group = per_group.num_heads // per_group.num_kv_heads
         removed: dict[int, tuple[list[int], list[int]]] = {}
-        seconds: list[float] = []
+        records: list[BlockRecord] = []
+        if checkpoint is not None and checkpoint.completed_blocks():
+            _, records = checkpoint.restore(self.layout, captured)
+            for index in range(checkpoint.completed_blocks()):
+                removed[index] = self._restore_width(self.layout.blocks[index], checkpoint.saved_extra(index))
         for index, block in enumerate(self._progress(self.layout.blocks, "Scoring heads and channels")):
+            if index in removed:
+                continue
             started = time.perf_counter()
             width = block_width(self.model, block)
             with self._placed(block):
                 removed[index] = self._remove_in_block(method, index, block, width, plan, compensated, captured)
-            seconds.append(time.perf_counter() - started)
+            records.append(BlockRecord(index, self.layout.block_name(index), sparsity, 0.0, time.perf_counter() - started))
+            if checkpoint is not None:
+                checkpoint.save_block(index, block, captured, [], records, extra=_width_extra(width, *removed[index]))
+        seconds = [record.seconds for record in records]
         apply_width(self.model, self.layout, removed, added_bias=flagged)
         result = self._result(sparsity, sizes_before, block_before, seconds, before_model, before_blocks)
         result.structure.update(
@@ -219,6 +239,18 @@ class StructuredEngine(LayerwiseEngine):
         if compensate and stats is not None:
             add_output_bias(linear, compensation_bias(weight, stats.mean, index))
         write_weight(linear, weight.index_fill(1, index, 0.0), root=block, name=name)
+
+    def _restore_width(self, block: nn.Module, saved: dict[str, torch.Tensor]) -> tuple[list[int], list[int]]:
+        """Put back a finished block's output biases (the weights are restored already); return its choices."""
+        for key, bias in saved.items():
+            if key.startswith("bias."):
+                linear = block.get_submodule(key[len("bias.") :])
+                if linear.bias is None:
+                    add_output_bias(linear, bias)
+                else:
+                    with torch.no_grad():
+                        linear.bias.copy_(bias)
+        return saved["kv_groups"].tolist(), saved["channels"].tolist()
 
     # Depth --------------------------------------------------------------------------------------
 
@@ -373,6 +405,16 @@ class StructuredEngine(LayerwiseEngine):
             "removed_fraction": 1.0 - after_blocks / before_blocks,
         }
         return StructuredResult(layers, blocks, structure)
+
+
+def _width_extra(width: BlockWidth, groups: list[int], channels: list[int]) -> dict[str, torch.Tensor]:
+    """What a resume checkpoint keeps of a block's width walk besides its weights: the choices, and the output
+    projections' biases (FLAP's compensation may have added or changed them)."""
+    extra = {"kv_groups": torch.tensor(groups, dtype=torch.long), "channels": torch.tensor(channels, dtype=torch.long)}
+    for part in (width.attention, width.mlp):
+        if part.output.bias is not None:
+            extra[f"bias.{part.output_name}"] = part.output.bias
+    return extra
 
 
 class _Measures:
