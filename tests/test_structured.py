@@ -398,3 +398,23 @@ def test_depth_and_experts_refuse_to_resume(tmp_path):
     with pytest.raises(ConfigError, match="only 'channels' can"):
         CalibratedPruner(config_of("block-influence", "blocks", 0.5), progress=False,
                          checkpoint_dir=tmp_path).prune(model_of("llama"))
+
+
+@pytest.mark.parametrize("method, pattern, sparsity", [("flap", "channels", 0.25), ("block-influence", "blocks", 0.5)])
+def test_blocks_under_device_map_hooks_prune_like_in_memory(tokenizer, method, pattern, sparsity):
+    """The hooks a device map across GPUs attaches to each block (activations moved, weights kept in place), here
+    all on the CPU: the walk runs through them and the surgery changes shapes under them."""
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+
+    expected = prune(model_of("llama"), tokenizer, method, pattern, sparsity)
+    model = model_of("llama")
+    for block in model.model.layers:
+        add_hook_to_module(block, AlignDevicesHook(execution_device=torch.device("cpu"), io_same_device=True))
+    pruned = prune(model, tokenizer, method, pattern, sparsity)
+    assert pruned.config.to_dict() == expected.config.to_dict()
+    want, got = expected.state_dict(), pruned.state_dict()
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.equal(got[key], want[key]), f"{key} differs from the in-memory prune"
+    assert all(hasattr(block, "_hf_hook") for block in pruned.model.layers)
+    torch.testing.assert_close(pruned(IDS).logits, expected(IDS).logits, rtol=0, atol=0)

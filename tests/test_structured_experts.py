@@ -394,7 +394,7 @@ def test_resuming_and_offloaded_weights_are_refused_before_any_work(tmp_path):
         pruner.prune(tiny_moe("mixtral"))
     model = tiny_moe("mixtral")
     cpu_offload(model, execution_device=torch.device("cpu"))
-    with pytest.raises(ConfigError, match="offload hooks cannot follow"):
+    with pytest.raises(ConfigError, match="offload maps .CPU or disk offload. cannot follow"):
         prune(model, None, "reap", 0.5)
 
 
@@ -415,3 +415,18 @@ def test_two_processes_remove_the_same_experts_as_one(calibration_file, tmp_path
     assert sharded["expert_tokens"] == single["expert_tokens"]
     for name, scores in single["expert_scores"].items():
         assert sharded["expert_scores"][name] == pytest.approx(scores, rel=1e-4)
+
+
+def test_experts_under_device_map_hooks_go_like_in_memory(tokenizer):
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+
+    expected = prune(tiny_moe("mixtral"), tokenizer)
+    model = tiny_moe("mixtral")
+    for block in model.model.layers:
+        add_hook_to_module(block, AlignDevicesHook(execution_device=torch.device("cpu"), io_same_device=True))
+    pruned = prune(model, tokenizer)
+    assert pruned.pruning_report.structure["removed_experts"] == expected.pruning_report.structure["removed_experts"]
+    want, got = expected.state_dict(), pruned.state_dict()
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.equal(got[key], want[key]), f"{key} differs from the in-memory prune"

@@ -102,12 +102,13 @@ class StructuredEngine(LayerwiseEngine):
     """Walks the decoder blocks for ``pattern="channels"`` and ``"blocks"``; model surgery happens at the end."""
 
     def _check_materialized(self) -> None:
-        if any(p.device.type == "meta" for p in self.model.parameters()) or any(
-            getattr(m, "_hf_hook", None) is not None for m in self.layout.blocks.modules()
-        ):
+        # A device map across GPUs keeps every weight in its parameter (accelerate's hooks only move activations),
+        # so shapes can change under it; offloaded weights live in the hooks' maps, as meta parameters here.
+        if any(p.device.type == "meta" for p in self.model.parameters()):
             raise ConfigError(
-                "structured patterns change the shapes of weights, which accelerate's offload hooks cannot follow; "
-                "load the model without a device_map (or with all of it on one device) to prune it structurally."
+                "structured patterns change the shapes of weights, which accelerate's offload maps (CPU or disk "
+                "offload) cannot follow yet; load the model with a device_map that keeps every weight on a GPU or "
+                "the CPU (no 'disk', no cpu_offload) to prune it structurally."
             )
 
     # Width --------------------------------------------------------------------------------------
