@@ -30,16 +30,16 @@ def prune_structured(pruner: CalibratedPruner, model: nn.Module) -> nn.Module:
     (``"experts"``) from ``model``.
 
     Everything that can be refused (a sparsity that removes every head or expert, an architecture without a known
-    layout, offloaded weights, resuming a pattern other than channels) is refused before calibration data is built.
+    layout, offloaded weights, resuming a depth prune) is refused before calibration data is built.
     """
     from .pruner import _check_token_ids, _process_shard
 
     config = pruner.config
     check_decoder_only(model)
-    if pruner.checkpoint_dir is not None and config.pattern != "channels":
+    if pruner.checkpoint_dir is not None and config.pattern == "blocks":
         raise ConfigError(
-            f"`pattern='{config.pattern}'` cannot resume from a checkpoint directory yet (only 'channels' can); run "
-            "without checkpoint_dir / --resume-dir."
+            "`pattern='blocks'` cannot resume from a checkpoint directory yet (only 'channels' and 'experts' can); "
+            "run without checkpoint_dir / --resume-dir."
         )
     init_distributed()
     method = build_method(config.method, config.method_options)
@@ -78,7 +78,8 @@ def prune_structured(pruner: CalibratedPruner, model: nn.Module) -> nn.Module:
             checkpoint = pruner._open_checkpoint(model, engine, samples)
             result = engine.remove_channels(method, config.sparsity, captured, checkpoint=checkpoint)
         elif config.pattern == "experts":
-            result = engine.remove_experts(method, config.sparsity, captured)
+            checkpoint = pruner._open_checkpoint(model, engine, samples)
+            result = engine.remove_experts(method, config.sparsity, captured, checkpoint=checkpoint)
         else:
             result = engine.remove_blocks(method, config.sparsity, captured, shard.input_ids, shard.attention_mask)
     finally:

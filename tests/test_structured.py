@@ -394,12 +394,6 @@ def test_an_interrupted_channel_prune_resumes_bit_identical(tokenizer, tmp_path,
     assert manifest(tmp_path)["completed_blocks"] == 4
 
 
-def test_depth_and_experts_refuse_to_resume(tmp_path):
-    with pytest.raises(ConfigError, match="only 'channels' can"):
-        CalibratedPruner(config_of("block-influence", "blocks", 0.5), progress=False,
-                         checkpoint_dir=tmp_path).prune(model_of("llama"))
-
-
 @pytest.mark.parametrize("method, pattern, sparsity", [("flap", "channels", 0.25), ("block-influence", "blocks", 0.5)])
 def test_blocks_under_device_map_hooks_prune_like_in_memory(tokenizer, method, pattern, sparsity):
     """The hooks a device map across GPUs attaches to each block (activations moved, weights kept in place), here

@@ -386,12 +386,42 @@ def test_cli_prunes_experts_and_the_card_lists_them(calibration_file, tokenizer,
         assert f"| {name} | {', '.join(map(str, experts))} |" in card
 
 
-def test_resuming_and_offloaded_weights_are_refused_before_any_work(tmp_path):
+@pytest.mark.parametrize("architecture", ["mixtral", "qwen2_moe"])  # fused experts; a ModuleList with a shared expert
+def test_an_interrupted_expert_prune_resumes_bit_identical(tokenizer, tmp_path, architecture):
+    from test_resume import Interrupted, interrupt_at, manifest
+
+    reference = prune(tiny_moe(architecture, num_hidden_layers=3), tokenizer)
+    first = tiny_moe(architecture, num_hidden_layers=3)
+    interrupt_at(first, 2, tmp_path)
+    with pytest.raises(Interrupted):
+        CalibratedPruner(config_of("reap", 0.5), tokenizer=tokenizer, progress=False, checkpoint_dir=tmp_path).prune(first)
+    assert manifest(tmp_path)["completed_blocks"] == 2
+
+    second = tiny_moe(architecture, num_hidden_layers=3)
+    calls = []  # block 1 (block 0 runs once while the inputs are captured, whatever is resumed)
+    finished = second.model.layers[1]
+    (getattr(finished, "mlp", None) or finished.block_sparse_moe).register_forward_hook(lambda *_: calls.append(1))
+    resumed = CalibratedPruner(config_of("reap", 0.5), tokenizer=tokenizer, progress=False,
+                               checkpoint_dir=tmp_path).prune(second)
+    assert not calls, "a finished block was scored again"
+    for key in ("removed_experts", "expert_scores", "expert_tokens", "experts_after"):
+        assert resumed.pruning_report.structure[key] == reference.pruning_report.structure[key]
+    assert resumed.config.to_dict() == reference.config.to_dict()
+    want, got = reference.state_dict(), resumed.state_dict()
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.equal(got[key], want[key]), f"{key} differs from the uninterrupted run"
+
+
+def test_resuming_a_depth_prune_and_offloaded_weights_are_refused_before_any_work(tmp_path):
     from accelerate import cpu_offload
 
+    from test_structured import config_of as structured_config, model_of
+
     with pytest.raises(ConfigError, match="cannot resume"):
-        pruner = CalibratedPruner(config_of("reap", 0.5), progress=False, checkpoint_dir=tmp_path / "resume")
-        pruner.prune(tiny_moe("mixtral"))
+        pruner = CalibratedPruner(structured_config("block-influence", "blocks", 0.5), progress=False,
+                                  checkpoint_dir=tmp_path / "resume")
+        pruner.prune(model_of("llama"))
     model = tiny_moe("mixtral")
     cpu_offload(model, execution_device=torch.device("cpu"))
     with pytest.raises(ConfigError, match="offload maps .CPU or disk offload. cannot follow"):

@@ -331,9 +331,17 @@ class StructuredEngine(LayerwiseEngine):
         return count, counts[0], limits
 
     def remove_experts(
-        self, method: PruningMethod, sparsity: float, captured: CapturedInputs | None
+        self,
+        method: PruningMethod,
+        sparsity: float,
+        captured: CapturedInputs | None,
+        checkpoint: BlockCheckpoint | None = None,
     ) -> StructuredResult:
-        """Remove the lowest-scored routed experts of every MoE block (``pattern="experts"``)."""
+        """Remove the lowest-scored routed experts of every MoE block (``pattern="experts"``).
+
+        With a ``checkpoint``, blocks an earlier run finished are cut again from their saved choices (the cut only
+        selects, so the weights are the same) instead of scored, and each block is saved to it once done.
+        """
         count, num_experts, limits = self.plan_experts(method, sparsity)
         before_model, before_blocks = _model_parameters(self.model), decoder_parameters(self.layout)
         sizes_before = _linear_sizes(self.model, self.layout.prefix, self.layout.blocks)
@@ -341,9 +349,23 @@ class StructuredEngine(LayerwiseEngine):
         removed: dict[str, list[int]] = {}
         scores: dict[str, list[float]] = {}
         tokens: dict[str, list[int]] = {}
-        seconds: list[float] = []
+        records: list[BlockRecord] = []
+        done = checkpoint.completed_blocks() if checkpoint is not None else 0
+        for index in range(done):
+            block, saved = self.layout.blocks[index], checkpoint.saved_extra(index)
+            for moe in find_moe_blocks(block) if count else []:
+                name = f"{self.layout.block_name(index)}.{moe.name}"
+                removed[name] = saved[f"removed.{moe.name}"].tolist()
+                scores[name] = saved[f"scores.{moe.name}"].tolist()
+                if f"tokens.{moe.name}" in saved:
+                    tokens[name] = saved[f"tokens.{moe.name}"].tolist()
+                cut_experts(block, moe, removed[name])
+        if done:  # the finished blocks have their cut shapes now, so their saved weights load
+            _, records = checkpoint.restore(self.layout, captured)
         with self._eager_experts():
             for index, block in enumerate(self._progress(self.layout.blocks, "Scoring experts")):
+                if index < done:
+                    continue
                 started = time.perf_counter()
                 moes = find_moe_blocks(block) if count else []
                 with self._placed(block):
@@ -359,7 +381,11 @@ class StructuredEngine(LayerwiseEngine):
                         cut_experts(block, moe, removed[name])
                     if captured is not None:
                         self._run_block(block, index, captured, None, keep_outputs=True)
-                seconds.append(time.perf_counter() - started)
+                records.append(BlockRecord(index, self.layout.block_name(index), sparsity, 0.0, time.perf_counter() - started))
+                if checkpoint is not None:
+                    checkpoint.save_block(index, block, captured, [], records,
+                                          extra=_experts_extra(self.layout.block_name(index), moes, removed, scores, tokens))
+        seconds = [record.seconds for record in records]
         if count:
             set_expert_count(self.model, num_experts, num_experts - count)
         result = self._result(sparsity, sizes_before, block_before, seconds, before_model, before_blocks)
@@ -415,6 +441,19 @@ def _width_extra(width: BlockWidth, groups: list[int], channels: list[int]) -> d
     for part in (width.attention, width.mlp):
         if part.output.bias is not None:
             extra[f"bias.{part.output_name}"] = part.output.bias
+    return extra
+
+
+def _experts_extra(block_name: str, moes: list[MoeBlock], removed, scores, tokens) -> dict[str, torch.Tensor]:
+    """What a resume checkpoint keeps of a block's expert walk besides its (cut) weights: per MoE module, the
+    removed experts, every expert's score and, when measured, its routed tokens."""
+    extra = {}
+    for moe in moes:
+        name = f"{block_name}.{moe.name}"
+        extra[f"removed.{moe.name}"] = torch.tensor(removed[name], dtype=torch.long)
+        extra[f"scores.{moe.name}"] = torch.tensor(scores[name], dtype=torch.float64)
+        if name in tokens:
+            extra[f"tokens.{moe.name}"] = torch.tensor(tokens[name], dtype=torch.long)
     return extra
 
 
