@@ -11,7 +11,6 @@ from torch import nn
 from .engine import EngineOptions
 from .engine.distributed import init_distributed, is_main_process
 from .engine.structured import StructuredEngine
-from .errors import ConfigError
 from .methods import build_method
 from .models import check_decoder_only
 from .report import PruningReport
@@ -30,17 +29,12 @@ def prune_structured(pruner: CalibratedPruner, model: nn.Module) -> nn.Module:
     (``"experts"``) from ``model``.
 
     Everything that can be refused (a sparsity that removes every head or expert, an architecture without a known
-    layout, offloaded weights, resuming a depth prune) is refused before calibration data is built.
+    layout, offloaded weights) is refused before calibration data is built.
     """
     from .pruner import _check_token_ids, _process_shard
 
     config = pruner.config
     check_decoder_only(model)
-    if pruner.checkpoint_dir is not None and config.pattern == "blocks":
-        raise ConfigError(
-            "`pattern='blocks'` cannot resume from a checkpoint directory yet (only 'channels' and 'experts' can); "
-            "run without checkpoint_dir / --resume-dir."
-        )
     init_distributed()
     method = build_method(config.method, config.method_options)
     engine = StructuredEngine(
@@ -81,7 +75,8 @@ def prune_structured(pruner: CalibratedPruner, model: nn.Module) -> nn.Module:
             checkpoint = pruner._open_checkpoint(model, engine, samples)
             result = engine.remove_experts(method, config.sparsity, captured, checkpoint=checkpoint)
         else:
-            result = engine.remove_blocks(method, config.sparsity, captured, shard.input_ids, shard.attention_mask)
+            result = engine.remove_blocks(method, config.sparsity, captured, shard.input_ids, shard.attention_mask,
+                                          checkpoint=pruner._open_checkpoint(model, engine, samples))
     finally:
         model.train(was_training)
     report = PruningReport(

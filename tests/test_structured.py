@@ -412,3 +412,41 @@ def test_blocks_under_device_map_hooks_prune_like_in_memory(tokenizer, method, p
         assert torch.equal(got[key], want[key]), f"{key} differs from the in-memory prune"
     assert all(hasattr(block, "_hf_hook") for block in pruned.model.layers)
     torch.testing.assert_close(pruned(IDS).logits, expected(IDS).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["block-influence", "block-perplexity"])
+def test_an_interrupted_depth_prune_resumes_with_the_same_choices(tokenizer, tmp_path, method):
+    """Block influence saves each block's term with the next block's inputs; the greedy method saves each round
+    (three rounds here, the run killed in the third, so two are replayed)."""
+    from test_resume import Interrupted, manifest
+
+    from hf_calibprune.engine.checkpointing import MANIFEST_NAME
+
+    options = {"method_options": {"eval_samples": 2}} if method == "block-perplexity" else {}
+    six = dict(num_hidden_layers=6)
+    reference = prune(model_of("llama", **six), tokenizer, method, "blocks", 0.5, **options)
+    first = model_of("llama", **six)
+
+    def crash(*_):
+        if (tmp_path / MANIFEST_NAME).is_file() and manifest(tmp_path)["completed_blocks"] >= 2:
+            raise Interrupted
+
+    first.model.layers[2].register_forward_pre_hook(crash)
+    with pytest.raises(Interrupted):
+        CalibratedPruner(config_of(method, "blocks", 0.5, **options), tokenizer=tokenizer, progress=False,
+                         checkpoint_dir=tmp_path).prune(first)
+    assert manifest(tmp_path)["completed_blocks"] == 2
+
+    second = model_of("llama", **six)
+    calls = []
+    second.model.layers[1].register_forward_hook(lambda *_: calls.append(1))
+    resumed = CalibratedPruner(config_of(method, "blocks", 0.5, **options), tokenizer=tokenizer, progress=False,
+                               checkpoint_dir=tmp_path).prune(second)
+    if method == "block-influence":
+        assert not calls, "a measured block ran again"
+    structure, expected = resumed.pruning_report.structure, reference.pruning_report.structure
+    assert structure["removed_blocks"] == expected["removed_blocks"]
+    for key in ("block_influence", "greedy_losses"):
+        assert structure.get(key) == expected.get(key)
+    want, got = reference.state_dict(), resumed.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

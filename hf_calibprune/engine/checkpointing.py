@@ -462,14 +462,15 @@ class BlockCheckpoint:
     def save_block(
         self,
         index: int,
-        block: nn.Module,
+        block: nn.Module | None,
         captured: CapturedInputs | None,
         layers: list[LayerRecord],
         blocks: list[BlockRecord],
         extra: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """Commit block ``index``: its pruned weights, the next block's inputs and the records so far, and ``extra``
-        tensors that :meth:`saved_extra` gives back (what a walk needs besides the weights to go on).
+        tensors that :meth:`saved_extra` gives back (what a walk needs besides the weights to go on). A walk whose
+        steps change no weights (choosing blocks to remove) passes ``block=None`` and numbers its own steps.
 
         Every process writes its own activations; the main process then writes the weights and, last, the
         manifest.
@@ -486,9 +487,10 @@ class BlockCheckpoint:
         if is_main_process():
             block_file = _BLOCK_FILE.format(index)
             weights = {
-                n: _cpu_copy(read_weight(m, root=block, name=n)) for n, m in find_prunable_linears(block).items()
+                n: _cpu_copy(read_weight(m, root=block, name=n))
+                for n, m in (find_prunable_linears(block).items() if block is not None else ())
             }
-            for name, (module, parameter) in fused_parameters(block).items():
+            for name, (module, parameter) in (fused_parameters(block).items() if block is not None else ()):
                 weights[name] = _cpu_copy(read_parameter(module, parameter, root=block, name=name.rsplit(".", 1)[0]))
             weights.update({f"{_EXTRA}{name}": _cpu_copy(tensor) for name, tensor in (extra or {}).items()})
             _save_tensors_atomic(weights, self.directory / block_file)

@@ -274,14 +274,20 @@ class StructuredEngine(LayerwiseEngine):
         captured: CapturedInputs,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
+        checkpoint: BlockCheckpoint | None = None,
     ) -> StructuredResult:
-        """Remove the decoder blocks ``method`` selects (``pattern="blocks"``)."""
+        """Remove the decoder blocks ``method`` selects (``pattern="blocks"``).
+
+        With a ``checkpoint``, each measuring step is saved (block influence: per block, with the next block's
+        inputs; the greedy method: per round) and a rerun takes the steps an earlier run finished from it.
+        """
         count = self.block_count(sparsity)
         before_model, before_blocks = _model_parameters(self.model), decoder_parameters(self.layout)
         names = [self.layout.block_name(i) for i in range(len(self.layout.blocks))]
         sizes = [sum(p.numel() for p in b.parameters()) for b in self.layout.blocks]
         started = time.perf_counter()
-        measures = _Measures(self, captured, input_ids, attention_mask, getattr(method.options, "eval_samples", None))
+        measures = _Measures(self, captured, input_ids, attention_mask, getattr(method.options, "eval_samples", None),
+                             checkpoint)
         chosen = method.select_blocks(count, measures) if count else []
         remove_blocks(self.model, self.layout, chosen)
         seconds = time.perf_counter() - started
@@ -465,7 +471,15 @@ class _Measures:
     the same first ``eval_samples`` samples (rounded up to whole batches of ``batch_size``) as one process takes.
     """
 
-    def __init__(self, engine: StructuredEngine, captured, input_ids, attention_mask, eval_samples: int | None) -> None:
+    def __init__(
+        self,
+        engine: StructuredEngine,
+        captured,
+        input_ids,
+        attention_mask,
+        eval_samples: int | None,
+        checkpoint: BlockCheckpoint | None = None,
+    ) -> None:
         self.engine = engine
         self.captured = captured
         self.first_inputs = list(captured.hidden)
@@ -474,6 +488,10 @@ class _Measures:
         self.evaluated = self._evaluated_rows(eval_samples)
         self.influence_cache: list[float] | None = None
         self.rounds: list[dict[str, float]] = []
+        #: Saves each step (a block's influence with the next block's inputs, or a greedy round's losses); a rerun
+        #: takes the finished steps from it.
+        self.checkpoint = checkpoint
+        self.done = checkpoint.completed_blocks() if checkpoint is not None else 0
 
     def _evaluated_rows(self, eval_samples: int | None) -> list[int]:
         """How many leading rows of each local batch the greedy loss reads (a prefix of this process's samples)."""
@@ -495,23 +513,40 @@ class _Measures:
 
     def influence(self) -> list[float]:
         if self.influence_cache is None:
-            layout, totals, tokens = self.engine.layout, [], []
-            hidden = list(self.first_inputs)
+            layout = self.engine.layout
+            terms = [self.checkpoint.saved_extra(index)["influence"].tolist() for index in range(self.done)]
+            if self.done:  # the inputs of the first unfinished block
+                self.checkpoint.restore(layout, self.captured)
+            hidden = self.captured.hidden
             for index, block in enumerate(self.engine._progress(layout.blocks, "Measuring block influence")):
+                if index < self.done:
+                    continue
                 total, count = 0.0, 0
                 for batch in range(len(hidden)):
                     output = self._forward(block, index, batch, hidden[batch])
                     s, n = block_influence_terms(hidden[batch], output, self.captured.token_masks[batch])
                     total, count = total + s, count + n
                     hidden[batch] = output
-                totals.append(total)
-                tokens.append(float(count))
-            sums = all_reduce_sums(totals + tokens)
-            self.influence_cache = [s / max(n, 1.0) for s, n in zip(sums[: len(totals)], sums[len(totals) :])]
+                terms.append(all_reduce_sums([total, float(count)]))
+                if self.checkpoint is not None:
+                    self.checkpoint.save_block(index, None, self.captured, [], [],
+                                               extra={"influence": torch.tensor(terms[-1], dtype=torch.float64)})
+            self.influence_cache = [total / max(count, 1.0) for total, count in terms]
         return self.influence_cache
 
     def loss_without(self, removed: Iterable[int]) -> list[float]:
-        removed = set(removed)
+        step = len(self.rounds)
+        if step < self.done:  # a round an earlier run finished: the same removals so far, the same losses
+            losses = self.checkpoint.saved_extra(step)["losses"].tolist()
+        else:
+            losses = self._measure_losses(set(removed))
+            if self.checkpoint is not None:
+                self.checkpoint.save_block(step, None, None, [], [],
+                                           extra={"losses": torch.tensor(losses, dtype=torch.float64)})
+        self.rounds.append({self.engine.layout.block_name(i): l for i, l in enumerate(losses) if math.isfinite(l)})
+        return losses
+
+    def _measure_losses(self, removed: set[int]) -> list[float]:
         blocks = self.engine.layout.blocks
         inputs: list[list[torch.Tensor]] = []
         hidden = [h[:rows] for h, rows in zip(self.first_inputs, self.evaluated)]
@@ -529,9 +564,7 @@ class _Measures:
             terms.append(self._loss_terms(hidden))
         sums = all_reduce_sums([total for total, _ in terms] + [tokens for _, tokens in terms])
         measured = dict(zip(candidates, (s / max(n, 1.0) for s, n in zip(sums[: len(terms)], sums[len(terms) :]))))
-        losses = [measured.get(candidate, math.inf) for candidate in range(len(blocks))]
-        self.rounds.append({self.engine.layout.block_name(i): l for i, l in enumerate(losses) if math.isfinite(l)})
-        return losses
+        return [measured.get(candidate, math.inf) for candidate in range(len(blocks))]
 
     def _forward(self, block: nn.Module, index: int, batch: int, hidden: torch.Tensor) -> torch.Tensor:
         call = self.captured.calls[batch][index]
