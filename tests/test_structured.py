@@ -450,3 +450,45 @@ def test_an_interrupted_depth_prune_resumes_with_the_same_choices(tokenizer, tmp
         assert structure.get(key) == expected.get(key)
     want, got = reference.state_dict(), resumed.state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def _block_values(model) -> dict[str, torch.Tensor]:
+    """Every decoder-block parameter by name, read from wherever it lives (an offload map included)."""
+    from hf_calibprune.engine.offload import read_parameter
+
+    values = {}
+    for index, block in enumerate(find_decoder_layout(model).blocks):
+        for name, _ in block.named_parameters():
+            path, _, leaf = name.rpartition(".")
+            owner = block.get_submodule(path) if path else block
+            values[f"{index}.{name}"] = read_parameter(owner, leaf, root=block, name=path).clone()
+    return values
+
+
+@pytest.mark.parametrize("offload", ["cpu_offload", "disk"])
+@pytest.mark.parametrize("method, pattern, sparsity", [("flap", "channels", 0.25), ("block-influence", "blocks", 0.5)])
+def test_offloaded_weights_are_cut_like_in_memory(tokenizer, tmp_path, offload, method, pattern, sparsity):
+    """FLAP adds compensation biases the model did not have: they go into the offload map beside the weights."""
+    from accelerate import cpu_offload, dispatch_model
+
+    expected = prune(model_of("llama"), tokenizer, method, pattern, sparsity)
+    model = model_of("llama")
+    if offload == "cpu_offload":
+        cpu_offload(model, execution_device=torch.device("cpu"))
+    else:
+        device_map = {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+        device_map.update({f"model.layers.{i}": kind for i, kind in enumerate(["disk", "cpu", "disk", "disk"])})
+        dispatch_model(model, device_map, main_device=torch.device("cpu"), offload_dir=tmp_path / "offload")
+    pruned = prune(model, tokenizer, method, pattern, sparsity)
+    assert pruned.config.to_dict() == expected.config.to_dict()
+    want, got = _block_values(expected), _block_values(pruned)
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=f"{key} differs from the in-memory prune")
+    torch.testing.assert_close(pruned(IDS).logits, expected(IDS).logits, rtol=1e-5, atol=1e-6)
+    if offload == "disk":  # transformers saves a dispatched model through its offload maps (not a cpu_offload one)
+        from transformers import AutoModelForCausalLM
+
+        save_sparse(pruned, tmp_path / "saved", tokenizer=tokenizer)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+        torch.testing.assert_close(reloaded(IDS).logits, expected(IDS).logits, rtol=0, atol=0)

@@ -413,13 +413,24 @@ def test_an_interrupted_expert_prune_resumes_bit_identical(tokenizer, tmp_path, 
         assert torch.equal(got[key], want[key]), f"{key} differs from the uninterrupted run"
 
 
-def test_offloaded_weights_are_refused_before_any_work():
+@pytest.mark.parametrize("architecture", ["mixtral", "qwen2_moe"])
+def test_offloaded_experts_are_cut_like_in_memory(tokenizer, architecture):
+    """Fused 3-D expert parameters (Mixtral) and an nn.ModuleList of expert MLPs (Qwen2-MoE) under cpu_offload."""
     from accelerate import cpu_offload
 
-    model = tiny_moe("mixtral")
+    from test_structured import _block_values
+
+    expected = prune(tiny_moe(architecture), tokenizer)
+    model = tiny_moe(architecture)
     cpu_offload(model, execution_device=torch.device("cpu"))
-    with pytest.raises(ConfigError, match="offload maps .CPU or disk offload. cannot follow"):
-        prune(model, None, "reap", 0.5)
+    pruned = prune(model, tokenizer)
+    assert pruned.pruning_report.structure["removed_experts"] == expected.pruning_report.structure["removed_experts"]
+    assert pruned.config.to_dict() == expected.config.to_dict()
+    want, got = _block_values(expected), _block_values(pruned)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.equal(got[key], want[key]), f"{key} differs from the in-memory prune"
+    torch.testing.assert_close(pruned(IDS).logits, expected(IDS).logits, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

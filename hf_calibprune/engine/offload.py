@@ -25,7 +25,8 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +38,7 @@ from ..errors import ModelStructureError
 
 __all__ = [
     "WeightLocation",
+    "materialized",
     "locate_weight",
     "read_weight",
     "write_weight",
@@ -282,3 +284,66 @@ def _pruned_folder(loader: Any) -> Path:
 def _remove_folder(key: int, folder: Path) -> None:
     _PRUNED_FOLDERS.pop(key, None)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def materialized(block: nn.Module) -> Iterator[None]:
+    """Inside, every offloaded parameter of ``block`` is a real CPU tensor read from its offload map, so code that
+    knows nothing of accelerate (model surgery) may change values and shapes, drop parameters and add new ones.
+
+    On the way out each parameter goes back into the offload map, in its new shape, and the module gets a ``meta``
+    parameter of that shape again, as accelerate's hooks expect; a parameter added inside (a new bias) is stored
+    beside its module's offloaded ones. One block at a time is held in memory. A block with nothing offloaded is
+    left alone.
+    """
+    offloaded: dict[str, WeightLocation] = {}
+    for name, parameter in list(block.named_parameters()):
+        if parameter.device.type != "meta":
+            continue
+        owner, leaf = _owner(block, name)
+        location = locate_weight(owner, root=block, name=name.rpartition(".")[0], parameter=leaf)
+        if location.storage == "memory":
+            raise ModelStructureError(
+                f"{name} is on the meta device and no accelerate offload hook holds its value; load the model with "
+                "from_pretrained(device_map=..., offload_folder=...) or accelerate.dispatch_model."
+            )
+        offloaded[name] = location
+        _set_parameter(owner, leaf, location.mapping[location.key].clone(), parameter.requires_grad)
+    if not offloaded:
+        yield
+        return
+    try:
+        yield
+    finally:
+        for name, parameter in list(block.named_parameters()):
+            location = offloaded.get(name) or _beside(offloaded, name)
+            if location is None:  # kept in memory by the model itself
+                continue
+            value = parameter.detach().to("cpu").contiguous()
+            if location.storage == "disk":
+                _write_disk(location, value)
+            else:
+                state_dict = location.mapping.state_dict if _is_loader(location.mapping) else location.mapping
+                state_dict[location.key] = value
+            owner, leaf = _owner(block, name)
+            _set_parameter(owner, leaf, torch.empty(value.shape, dtype=value.dtype, device="meta"),
+                           parameter.requires_grad)
+
+
+def _owner(block: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    return (block.get_submodule(path) if path else block), leaf
+
+
+def _set_parameter(module: nn.Module, leaf: str, value: torch.Tensor, requires_grad: bool) -> None:
+    setattr(module, leaf, nn.Parameter(value, requires_grad=requires_grad))
+
+
+def _beside(offloaded: dict[str, WeightLocation], name: str) -> WeightLocation | None:
+    """Where a parameter added inside :func:`materialized` goes: the map of its module's offloaded parameters."""
+    path, _, leaf = name.rpartition(".")
+    for other, location in offloaded.items():
+        other_path, _, other_leaf = other.rpartition(".")
+        if other_path == path and location.key.endswith(other_leaf):
+            return WeightLocation(location.storage, location.mapping, location.key[: -len(other_leaf)] + leaf)
+    return None

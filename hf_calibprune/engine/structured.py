@@ -62,7 +62,7 @@ from .capture import CapturedInputs, block_hidden_output
 from .checkpointing import BlockCheckpoint
 from .distributed import all_reduce_sums, shard_slice
 from .loop import LayerwiseEngine, _all_reduce
-from .offload import read_weight, write_weight
+from .offload import materialized, read_weight, write_weight
 from .saliency import SaliencyCollector
 
 __all__ = ["StructuredEngine", "StructuredResult"]
@@ -101,16 +101,6 @@ def _linear_sizes(model: nn.Module, prefix: str, blocks: nn.ModuleList) -> dict[
 class StructuredEngine(LayerwiseEngine):
     """Walks the decoder blocks for ``pattern="channels"`` and ``"blocks"``; model surgery happens at the end."""
 
-    def _check_materialized(self) -> None:
-        # A device map across GPUs keeps every weight in its parameter (accelerate's hooks only move activations),
-        # so shapes can change under it; offloaded weights live in the hooks' maps, as meta parameters here.
-        if any(p.device.type == "meta" for p in self.model.parameters()):
-            raise ConfigError(
-                "structured patterns change the shapes of weights, which accelerate's offload maps (CPU or disk "
-                "offload) cannot follow yet; load the model with a device_map that keeps every weight on a GPU or "
-                "the CPU (no 'disk', no cpu_offload) to prune it structurally."
-            )
-
     # Width --------------------------------------------------------------------------------------
 
     def plan_width(
@@ -118,7 +108,6 @@ class StructuredEngine(LayerwiseEngine):
     ) -> tuple[WidthPlan, tuple[str, ...], tuple[str, ...]]:
         """Per-block counts for ``sparsity``, the parts that get FLAP's compensation bias, and those of them whose
         config flag must be switched on to hold it. Raises before any work for a sparsity that cannot be met."""
-        self._check_materialized()
         width = block_width(self.model, self.layout.blocks[0])
         possible = self._compensable_parts(method, width, warn)
         flagged = tuple(part for part in possible if bias_route(self.model, width, part) == "config")
@@ -186,7 +175,7 @@ class StructuredEngine(LayerwiseEngine):
             if checkpoint is not None:
                 checkpoint.save_block(index, block, captured, [], records, extra=_width_extra(width, *removed[index]))
         seconds = [record.seconds for record in records]
-        apply_width(self.model, self.layout, removed, added_bias=flagged)
+        apply_width(self.model, self.layout, removed, added_bias=flagged, editing=materialized)
         result = self._result(sparsity, sizes_before, block_before, seconds, before_model, before_blocks)
         result.structure.update(
             pattern="channels",
@@ -237,27 +226,28 @@ class StructuredEngine(LayerwiseEngine):
 
     def _zero_columns(self, block, name, linear, weight, columns, stats, compensate: bool) -> None:
         index = torch.tensor(columns, dtype=torch.long, device=weight.device)
-        if compensate and stats is not None:
-            add_output_bias(linear, compensation_bias(weight, stats.mean, index))
-        write_weight(linear, weight.index_fill(1, index, 0.0), root=block, name=name)
+        with materialized(block):  # offloaded: the bias may be new, and goes into the offload map with the weight
+            if compensate and stats is not None:
+                add_output_bias(linear, compensation_bias(weight, stats.mean, index))
+            write_weight(linear, weight.index_fill(1, index, 0.0), root=block, name=name)
 
     def _restore_width(self, block: nn.Module, saved: dict[str, torch.Tensor]) -> tuple[list[int], list[int]]:
         """Put back a finished block's output biases (the weights are restored already); return its choices."""
-        for key, bias in saved.items():
-            if key.startswith("bias."):
-                linear = block.get_submodule(key[len("bias.") :])
-                if linear.bias is None:
-                    add_output_bias(linear, bias)
-                else:
-                    with torch.no_grad():
-                        linear.bias.copy_(bias)
+        with materialized(block):
+            for key, bias in saved.items():
+                if key.startswith("bias."):
+                    linear = block.get_submodule(key[len("bias.") :])
+                    if linear.bias is None:
+                        add_output_bias(linear, bias)
+                    else:
+                        with torch.no_grad():
+                            linear.bias.copy_(bias)
         return saved["kv_groups"].tolist(), saved["channels"].tolist()
 
     # Depth --------------------------------------------------------------------------------------
 
     def block_count(self, sparsity: float) -> int:
         """Blocks removed for ``sparsity``: the nearest whole number of blocks; raises if that is all of them."""
-        self._check_materialized()
         total = len(self.layout.blocks)
         count = math.floor(sparsity * total + 0.5)
         if count >= total:
@@ -316,7 +306,6 @@ class StructuredEngine(LayerwiseEngine):
     def plan_experts(self, method: PruningMethod, sparsity: float) -> tuple[int, int, RoutingLimits]:
         """``(experts removed per MoE block, experts per block, routing limits)`` for ``sparsity``; raises before any
         work for a model without MoE blocks, unequal expert counts, or a count the routing cannot live with."""
-        self._check_materialized()
         found = [(block, moe) for block in self.layout.blocks for moe in find_moe_blocks(block)]
         if not found:
             raise ConfigError(
@@ -365,7 +354,8 @@ class StructuredEngine(LayerwiseEngine):
                 scores[name] = saved[f"scores.{moe.name}"].tolist()
                 if f"tokens.{moe.name}" in saved:
                     tokens[name] = saved[f"tokens.{moe.name}"].tolist()
-                cut_experts(block, moe, removed[name])
+                with materialized(block):
+                    cut_experts(block, moe, removed[name])
         if done:  # the finished blocks have their cut shapes now, so their saved weights load
             _, records = checkpoint.restore(self.layout, captured)
         with self._eager_experts():
@@ -379,12 +369,15 @@ class StructuredEngine(LayerwiseEngine):
                     for moe in moes:
                         name = f"{self.layout.block_name(index)}.{moe.name}"
                         saliency = collector.saliency(moe.name) if collector is not None else None
-                        score = method.expert_scores(expert_weight_norms(block, moe), saliency)
+                        with materialized(block):
+                            norms = expert_weight_norms(block, moe)
+                        score = method.expert_scores(norms, saliency)
                         removed[name] = lowest_experts(score, count, limits.num_groups)
                         scores[name] = [float(v) for v in score]
                         if collector is not None:
                             tokens[name] = [int(v) for v in collector.tokens[moe.name]]
-                        cut_experts(block, moe, removed[name])
+                        with materialized(block):
+                            cut_experts(block, moe, removed[name])
                     if captured is not None:
                         self._run_block(block, index, captured, None, keep_outputs=True)
                 records.append(BlockRecord(index, self.layout.block_name(index), sparsity, 0.0, time.perf_counter() - started))

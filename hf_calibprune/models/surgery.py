@@ -13,6 +13,8 @@ code for every architecture.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -263,21 +265,12 @@ def _set_int_attributes(module: nn.Module, values: dict[str, int]) -> None:
             setattr(module, name, value)
 
 
-def _switch_on_bias(model: nn.Module, layout: DecoderLayout, part: Literal["attention", "mlp"]) -> None:
-    """Turn on ``attention_bias``/``mlp_bias`` and give every projection of that part a (zero) bias."""
-    setattr(text_config(model), _BIAS_FLAGS[part], True)
-    for block in layout.blocks:
-        width = block_width(model, block)
-        for linear in (width.attention if part == "attention" else width.mlp).linears.values():
-            if linear.bias is None:
-                add_output_bias(linear, torch.zeros(linear.out_features))
-
-
 def apply_width(
     model: nn.Module,
     layout: DecoderLayout,
     removed: dict[int, tuple[list[int], list[int]]],
     added_bias: tuple[str, ...] = (),
+    editing: Callable[[nn.Module], AbstractContextManager] = nullcontext,
 ) -> None:
     """Cut the removed key/value groups and MLP channels out of every block and rewrite the config.
 
@@ -287,7 +280,9 @@ def apply_width(
         removed (`dict[int, tuple[list[int], list[int]]]`): block index → (key/value groups, MLP channels) to remove.
             Every block must lose the same counts, so that one config describes them all.
         added_bias (`tuple[str, ...]`): parts (``"attention"``, ``"mlp"``) whose output projections were given a
-            compensation bias the architecture's config must now declare.
+            compensation bias the architecture's config must now declare: every projection of that part gets one.
+        editing (`Callable`, *optional*): a context manager entered around each block's edit (the engine's makes
+            offloaded weights real tensors for it, one block at a time).
     """
     counts = {(len(groups), len(channels)) for groups, channels in removed.values()}
     if len(counts) > 1 or set(removed) != set(range(len(layout.blocks))):
@@ -295,10 +290,15 @@ def apply_width(
     widths = [block_width(model, block) for block in layout.blocks]
     first = widths[0]
     channels_left = first.mlp.num_channels - len(removed[0][1])
-    for index, width in enumerate(widths):
+    for index, (block, width) in enumerate(zip(layout.blocks, widths)):
         groups, channels = removed[index]
-        slices = [s for g in groups for s in width.attention.group_slices(g)] + width.mlp.channel_slices(channels)
-        _remove(slices)
+        with editing(block):
+            slices = [s for g in groups for s in width.attention.group_slices(g)] + width.mlp.channel_slices(channels)
+            _remove(slices)
+            for part in added_bias:
+                for linear in (width.attention if part == "attention" else width.mlp).linears.values():
+                    if linear.bias is None:
+                        add_output_bias(linear, torch.zeros(linear.out_features))
         heads_left = width.attention.num_heads - len(groups) * (width.attention.num_heads // width.attention.num_kv_heads)
         if groups:
             _set_int_attributes(
@@ -317,7 +317,7 @@ def apply_width(
     if channels:
         config.intermediate_size = channels_left
     for part in added_bias:
-        _switch_on_bias(model, layout, part)
+        setattr(config, _BIAS_FLAGS[part], True)
 
 
 def decoder_parameters(layout: DecoderLayout) -> int:
