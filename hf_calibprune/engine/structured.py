@@ -15,6 +15,10 @@ expert is gathered over the calibration tokens (:class:`~hf_calibprune.engine.sa
 method scores the experts, the lowest-scored are cut out of the block at once
 (:func:`~hf_calibprune.models.surgery.cut_experts`) and the smaller block runs again to produce the next block's
 inputs, so every block is scored on the outputs of the already pruned blocks before it.
+
+Every walk can save its steps to a :class:`~hf_calibprune.engine.checkpointing.BlockCheckpoint` (per block, or per
+greedy round) and continue from one after a kill. Edits of blocks whose weights accelerate offloads run inside
+:func:`~hf_calibprune.engine.offload.materialized`, which writes the new shapes back into the offload maps.
 """
 
 from __future__ import annotations
