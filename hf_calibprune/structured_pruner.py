@@ -29,7 +29,8 @@ def prune_structured(pruner: CalibratedPruner, model: nn.Module) -> nn.Module:
     (``"experts"``) from ``model``.
 
     Everything that can be refused (a sparsity that removes every head or expert, an architecture without a known
-    layout, offloaded weights) is refused before calibration data is built.
+    layout) is refused before calibration data is built. With the pruner's ``checkpoint_dir`` the walk saves each
+    step and a rerun continues from the last one saved.
     """
     from .pruner import _check_token_ids, _process_shard
 
@@ -66,17 +67,16 @@ def prune_structured(pruner: CalibratedPruner, model: nn.Module) -> nn.Module:
             pruner._check_vocabulary(model)
             samples = pruner._calibration_samples(model)
             _check_token_ids(samples.input_ids, model)
+        checkpoint = pruner._open_checkpoint(model, engine, samples)
         shard = _process_shard(samples) if samples is not None else None
         captured = engine.capture(shard.input_ids, shard.attention_mask) if shard is not None else None
         if config.pattern == "channels":
-            checkpoint = pruner._open_checkpoint(model, engine, samples)
             result = engine.remove_channels(method, config.sparsity, captured, checkpoint=checkpoint)
         elif config.pattern == "experts":
-            checkpoint = pruner._open_checkpoint(model, engine, samples)
             result = engine.remove_experts(method, config.sparsity, captured, checkpoint=checkpoint)
         else:
             result = engine.remove_blocks(method, config.sparsity, captured, shard.input_ids, shard.attention_mask,
-                                          checkpoint=pruner._open_checkpoint(model, engine, samples))
+                                          checkpoint=checkpoint)
     finally:
         model.train(was_training)
     report = PruningReport(

@@ -297,6 +297,7 @@ def materialized(block: nn.Module) -> Iterator[None]:
     left alone.
     """
     offloaded: dict[str, WeightLocation] = {}
+    present = {name for name, _ in block.named_parameters()}
     for name, parameter in list(block.named_parameters()):
         if parameter.device.type != "meta":
             continue
@@ -316,7 +317,7 @@ def materialized(block: nn.Module) -> Iterator[None]:
         yield
     finally:
         for name, parameter in list(block.named_parameters()):
-            location = offloaded.get(name) or _beside(offloaded, name)
+            location = offloaded.get(name) or (_beside(offloaded, name) if name not in present else None)
             if location is None:  # kept in memory by the model itself
                 continue
             value = parameter.detach().to("cpu").contiguous()
