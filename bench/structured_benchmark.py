@@ -277,7 +277,7 @@ def plot(rows: list[dict], path: Path, prefill_len: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = plt.subplots(figsize=(8.5, 5))
     for r in rows:
         x = r["speed"]["prefill"]["median"] if r.get("speed") else 1.0
         marker = {"channels": "o", "blocks": "s", "unstructured": "^", "-": "*"}[r["pattern"]]
@@ -287,7 +287,7 @@ def plot(rows: list[dict], path: Path, prefill_len: int) -> None:
     axis.set_xlabel(f"measured prefill speed-up vs dense (1 × {prefill_len} tokens, CPU, median of paired timings)")
     axis.set_ylabel("WikiText-2 perplexity (log scale)")
     axis.set_yscale("log")
-    axis.set_title("SmolLM2-135M-Instruct: structured pruning, perplexity against measured speed")
+    axis.set_title("SmolLM2-135M-Instruct: structured pruning, perplexity against measured speed", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
