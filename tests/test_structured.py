@@ -466,13 +466,19 @@ def _block_values(model) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("offload", ["cpu_offload", "disk"])
-@pytest.mark.parametrize("method, pattern, sparsity", [("flap", "channels", 0.25), ("block-influence", "blocks", 0.5)])
-def test_offloaded_weights_are_cut_like_in_memory(tokenizer, tmp_path, offload, method, pattern, sparsity):
-    """FLAP adds compensation biases the model did not have: they go into the offload map beside the weights."""
+@pytest.mark.parametrize(
+    "method, pattern, sparsity, biases",
+    [("flap", "channels", 0.25, False), ("flap", "channels", 0.25, True), ("block-influence", "blocks", 0.5, False)],
+    ids=["flap-new-biases", "flap-existing-biases", "block-influence"],
+)
+def test_offloaded_weights_are_cut_like_in_memory(tokenizer, tmp_path, offload, method, pattern, sparsity, biases):
+    """FLAP adds compensation biases the model did not have (they go into the offload map beside the weights), or
+    changes the ones it had in place."""
     from accelerate import cpu_offload, dispatch_model
 
-    expected = prune(model_of("llama"), tokenizer, method, pattern, sparsity)
-    model = model_of("llama")
+    overrides = {"attention_bias": True, "mlp_bias": True} if biases else {}
+    expected = prune(model_of("llama", **overrides), tokenizer, method, pattern, sparsity)
+    model = model_of("llama", **overrides)
     if offload == "cpu_offload":
         cpu_offload(model, execution_device=torch.device("cpu"))
     else:
@@ -492,3 +498,25 @@ def test_offloaded_weights_are_cut_like_in_memory(tokenizer, tmp_path, offload, 
         save_sparse(pruned, tmp_path / "saved", tokenizer=tokenizer)
         reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
         torch.testing.assert_close(reloaded(IDS).logits, expected(IDS).logits, rtol=0, atol=0)
+
+
+def test_an_interrupted_channel_prune_of_an_offloaded_model_resumes_like_in_memory(tokenizer, tmp_path):
+    """FLAP's new compensation biases live in the offload map: the checkpoint reads them there and a rerun puts
+    them back there."""
+    from accelerate import cpu_offload
+    from test_resume import Interrupted, interrupt_at, manifest
+
+    reference = prune(model_of("llama"), tokenizer, "flap", "channels", 0.25)
+    first = cpu_offload(model_of("llama"), execution_device=torch.device("cpu"))
+    interrupt_at(first, 2, tmp_path)
+    with pytest.raises(Interrupted):
+        CalibratedPruner(config_of("flap", "channels", 0.25), tokenizer=tokenizer, progress=False,
+                         checkpoint_dir=tmp_path).prune(first)
+    assert manifest(tmp_path)["completed_blocks"] == 2
+    second = cpu_offload(model_of("llama"), execution_device=torch.device("cpu"))
+    resumed = CalibratedPruner(config_of("flap", "channels", 0.25), tokenizer=tokenizer, progress=False,
+                               checkpoint_dir=tmp_path).prune(second)
+    want, got = _block_values(reference), _block_values(resumed)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.equal(got[key], want[key]), f"{key} differs from the uninterrupted in-memory run"

@@ -208,10 +208,7 @@ def write_parameter(
             f"pruned {parameter} of {name or location.key} has shape {tuple(value.shape)}, the module's "
             f"{tuple(target.shape)}."
         )
-    if location.storage == "cpu":
-        _write_cpu(location, location.mapping[location.key], value)
-    else:
-        _write_disk(location, value)
+    _store(location, value)
     return stored if stored is not None else value
 
 
@@ -233,10 +230,17 @@ def write_weight(
     return stored.t() if _transposed(module) else stored
 
 
-def _write_cpu(location: WeightLocation, current: torch.Tensor, value: torch.Tensor) -> None:
+def _store(location: WeightLocation, value: torch.Tensor) -> None:
+    """Put ``value`` into the offload map at ``location``: on disk a new file; in CPU RAM in place where the stored
+    tensor has its shape and dtype (every alias of it, accelerate keeps one copy, sees the new value), else as a new
+    entry (a new shape, or a parameter the map did not hold)."""
+    if location.storage == "disk":
+        _write_disk(location, value)
+        return
     state_dict = location.mapping.state_dict if _is_loader(location.mapping) else location.mapping
-    if current.device.type == "cpu" and current.dtype == value.dtype and not current.is_inference():
-        # In place, so that every alias of the offloaded tensor (accelerate keeps one copy) sees the pruned value.
+    current = state_dict[location.key] if location.key in state_dict else None
+    if (current is not None and current.device.type == "cpu" and current.dtype == value.dtype
+            and current.shape == value.shape and not current.is_inference()):
         with torch.no_grad():
             current.copy_(value)
     elif isinstance(state_dict, MutableMapping):
@@ -297,6 +301,7 @@ def materialized(block: nn.Module) -> Iterator[None]:
     left alone.
     """
     offloaded: dict[str, WeightLocation] = {}
+    loaded: dict[str, tuple[nn.Parameter, int]] = {}  # what was read in, and its in-place version counter then
     present = {name for name, _ in block.named_parameters()}
     for name, parameter in list(block.named_parameters()):
         if parameter.device.type != "meta":
@@ -310,6 +315,8 @@ def materialized(block: nn.Module) -> Iterator[None]:
             )
         offloaded[name] = location
         _set_parameter(owner, leaf, location.mapping[location.key].clone(), parameter.requires_grad)
+        value = getattr(owner, leaf)
+        loaded[name] = (value, value._version)
     if not offloaded:
         yield
         return
@@ -320,14 +327,11 @@ def materialized(block: nn.Module) -> Iterator[None]:
             location = offloaded.get(name) or (_beside(offloaded, name) if name not in present else None)
             if location is None:  # kept in memory by the model itself
                 continue
-            value = parameter.detach().to("cpu").contiguous()
-            if location.storage == "disk":
-                _write_disk(location, value)
-            else:
-                state_dict = location.mapping.state_dict if _is_loader(location.mapping) else location.mapping
-                state_dict[location.key] = value
+            before = loaded.get(name)
+            if before is None or before[0] is not parameter or before[1] != parameter._version:  # new or changed
+                _store(location, parameter.detach().to("cpu").contiguous())
             owner, leaf = _owner(block, name)
-            _set_parameter(owner, leaf, torch.empty(value.shape, dtype=value.dtype, device="meta"),
+            _set_parameter(owner, leaf, torch.empty(parameter.shape, dtype=parameter.dtype, device="meta"),
                            parameter.requires_grad)
 
 

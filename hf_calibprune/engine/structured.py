@@ -66,7 +66,7 @@ from .capture import CapturedInputs, block_hidden_output
 from .checkpointing import BlockCheckpoint
 from .distributed import all_reduce_sums, shard_slice
 from .loop import LayerwiseEngine, _all_reduce
-from .offload import materialized, read_weight, write_weight
+from .offload import materialized, read_parameter, read_weight, write_weight
 from .saliency import SaliencyCollector
 
 __all__ = ["StructuredEngine", "StructuredResult"]
@@ -177,7 +177,7 @@ class StructuredEngine(LayerwiseEngine):
                 removed[index] = self._remove_in_block(method, index, block, width, plan, compensated, captured)
             records.append(BlockRecord(index, self.layout.block_name(index), sparsity, 0.0, time.perf_counter() - started))
             if checkpoint is not None:
-                checkpoint.save_block(index, block, captured, [], records, extra=_width_extra(width, *removed[index]))
+                checkpoint.save_block(index, block, captured, [], records, extra=_width_extra(block, width, *removed[index]))
         seconds = [record.seconds for record in records]
         apply_width(self.model, self.layout, removed, added_bias=flagged, editing=materialized)
         result = self._result(sparsity, sizes_before, block_before, seconds, before_model, before_blocks)
@@ -230,10 +230,10 @@ class StructuredEngine(LayerwiseEngine):
 
     def _zero_columns(self, block, name, linear, weight, columns, stats, compensate: bool) -> None:
         index = torch.tensor(columns, dtype=torch.long, device=weight.device)
-        with materialized(block):  # offloaded: the bias may be new, and goes into the offload map with the weight
-            if compensate and stats is not None:
+        if compensate and stats is not None:
+            with materialized(block):  # offloaded: the bias may be new, and goes into the offload map
                 add_output_bias(linear, compensation_bias(weight, stats.mean, index))
-            write_weight(linear, weight.index_fill(1, index, 0.0), root=block, name=name)
+        write_weight(linear, weight.index_fill(1, index, 0.0), root=block, name=name)
 
     def _restore_width(self, block: nn.Module, saved: dict[str, torch.Tensor]) -> tuple[list[int], list[int]]:
         """Put back a finished block's output biases (the weights are restored already); return its choices."""
@@ -352,13 +352,13 @@ class StructuredEngine(LayerwiseEngine):
         done = checkpoint.completed_blocks() if checkpoint is not None else 0
         for index in range(done):
             block, saved = self.layout.blocks[index], checkpoint.saved_extra(index)
-            for moe in find_moe_blocks(block) if count else []:
-                name = f"{self.layout.block_name(index)}.{moe.name}"
-                removed[name] = saved[f"removed.{moe.name}"].tolist()
-                scores[name] = saved[f"scores.{moe.name}"].tolist()
-                if f"tokens.{moe.name}" in saved:
-                    tokens[name] = saved[f"tokens.{moe.name}"].tolist()
-                with materialized(block):
+            with materialized(block):
+                for moe in find_moe_blocks(block) if count else []:
+                    name = f"{self.layout.block_name(index)}.{moe.name}"
+                    removed[name] = saved[f"removed.{moe.name}"].tolist()
+                    scores[name] = saved[f"scores.{moe.name}"].tolist()
+                    if f"tokens.{moe.name}" in saved:
+                        tokens[name] = saved[f"tokens.{moe.name}"].tolist()
                     cut_experts(block, moe, removed[name])
         if done:  # the finished blocks have their cut shapes now, so their saved weights load
             _, records = checkpoint.restore(self.layout, captured)
@@ -370,17 +370,15 @@ class StructuredEngine(LayerwiseEngine):
                 moes = find_moe_blocks(block) if count else []
                 with self._placed(block):
                     collector = self._saliency(block, index, moes, captured) if moes and captured is not None else None
-                    for moe in moes:
-                        name = f"{self.layout.block_name(index)}.{moe.name}"
-                        saliency = collector.saliency(moe.name) if collector is not None else None
-                        with materialized(block):
-                            norms = expert_weight_norms(block, moe)
-                        score = method.expert_scores(norms, saliency)
-                        removed[name] = lowest_experts(score, count, limits.num_groups)
-                        scores[name] = [float(v) for v in score]
-                        if collector is not None:
-                            tokens[name] = [int(v) for v in collector.tokens[moe.name]]
-                        with materialized(block):
+                    with materialized(block):  # offloaded: read once for every MoE module, cut shapes written back
+                        for moe in moes:
+                            name = f"{self.layout.block_name(index)}.{moe.name}"
+                            saliency = collector.saliency(moe.name) if collector is not None else None
+                            score = method.expert_scores(expert_weight_norms(block, moe), saliency)
+                            removed[name] = lowest_experts(score, count, limits.num_groups)
+                            scores[name] = [float(v) for v in score]
+                            if collector is not None:
+                                tokens[name] = [int(v) for v in collector.tokens[moe.name]]
                             cut_experts(block, moe, removed[name])
                     if captured is not None:
                         self._run_block(block, index, captured, None, keep_outputs=True)
@@ -437,13 +435,15 @@ class StructuredEngine(LayerwiseEngine):
         return StructuredResult(layers, blocks, structure)
 
 
-def _width_extra(width: BlockWidth, groups: list[int], channels: list[int]) -> dict[str, torch.Tensor]:
+def _width_extra(
+    block: nn.Module, width: BlockWidth, groups: list[int], channels: list[int]
+) -> dict[str, torch.Tensor]:
     """What a resume checkpoint keeps of a block's width walk besides its weights: the choices, and the output
-    projections' biases (FLAP's compensation may have added or changed them)."""
+    projections' biases (FLAP's compensation may have added or changed them), read wherever they live."""
     extra = {"kv_groups": torch.tensor(groups, dtype=torch.long), "channels": torch.tensor(channels, dtype=torch.long)}
     for part in (width.attention, width.mlp):
         if part.output.bias is not None:
-            extra[f"bias.{part.output_name}"] = part.output.bias
+            extra[f"bias.{part.output_name}"] = read_parameter(part.output, "bias", root=block, name=part.output_name)
     return extra
 
 
