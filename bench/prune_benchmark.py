@@ -100,10 +100,21 @@ def answer_child(args: argparse.Namespace, child) -> bool:
     return True
 
 
+def spec_config(spec: dict):
+    """The 50 % ``PruningConfig`` of a benchmark run's ``spec``, calibrated on the C4 file (seed 0)."""
+    from hf_calibprune import PruningConfig
+
+    return PruningConfig(
+        method=spec["method"], pattern=spec.get("pattern", "unstructured"), sparsity=0.5,
+        calibration=str(Path(spec["data_dir"]) / C4_FILE), num_samples=spec["num_samples"], seq_len=spec["seq_len"],
+        batch_size=spec["batch_size"], schedule=spec["schedule"], seed=0,
+    )
+
+
 def child(spec: dict) -> dict:
     import torch
 
-    from hf_calibprune import CalibratedPruner, PruningConfig
+    from hf_calibprune import CalibratedPruner
     from hf_calibprune.calibration import build_calibration_samples
     from hf_calibprune.evaluation import perplexity
     from hf_calibprune.models.smollm2 import load_smollm2
@@ -113,11 +124,7 @@ def child(spec: dict) -> dict:
     data_dir = Path(spec["data_dir"])
     result = dict(spec)
     if spec["method"] != "dense":
-        config = PruningConfig(
-            method=spec["method"], pattern=spec["pattern"], sparsity=0.5, calibration=str(data_dir / C4_FILE),
-            num_samples=spec["num_samples"], seq_len=spec["seq_len"], batch_size=spec["batch_size"],
-            schedule=spec["schedule"], seed=0,
-        )
+        config = spec_config(spec)
         samples = build_calibration_samples(
             config.calibration, tokenizer, num_samples=config.num_samples, seq_len=config.seq_len, seed=0
         )

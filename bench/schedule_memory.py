@@ -16,10 +16,9 @@ import ctypes
 import ctypes.util
 import json
 import sys
-from pathlib import Path
 
 from docs_section import command_table, write_section
-from prune_benchmark import C4_FILE, answer_child, benchmark_parser, common_spec, peak_rss_mb, run_child
+from prune_benchmark import answer_child, benchmark_parser, common_spec, peak_rss_mb, run_child, spec_config
 
 
 class _MallInfo2(ctypes.Structure):
@@ -47,17 +46,13 @@ def bytes_in_use_reader():
 def child(spec: dict) -> dict:
     import torch
 
-    from hf_calibprune import CalibratedPruner, PruningConfig
+    from hf_calibprune import CalibratedPruner
     from hf_calibprune.calibration import build_calibration_samples
     from hf_calibprune.models.smollm2 import load_smollm2
 
     read = bytes_in_use_reader()
     model, tokenizer = load_smollm2()
-    config = PruningConfig(
-        method=spec["method"], sparsity=0.5, calibration=str(Path(spec["data_dir"]) / C4_FILE),
-        num_samples=spec["num_samples"], seq_len=spec["seq_len"], batch_size=spec["batch_size"],
-        schedule=spec["schedule"], seed=0,
-    )
+    config = spec_config(spec)
     # Sampled once beforehand, so that one-time costs (reading the file, tokenizer caches) are not counted.
     build_calibration_samples(config.calibration, tokenizer, num_samples=config.num_samples, seq_len=config.seq_len,
                               seed=0)
@@ -75,8 +70,7 @@ def child(spec: dict) -> dict:
     finally:
         for handle in handles:
             handle.remove()
-    return dict(spec, peak_in_use_mb=(peak - baseline) / 2**20, peak_rss_mb=peak_rss_mb(),
-                seconds=model.pruning_report.seconds)
+    return dict(spec, peak_in_use_mb=(peak - baseline) / 2**20, peak_rss_mb=peak_rss_mb())
 
 
 def markdown(results: list[dict], command: str) -> str:
