@@ -1,11 +1,11 @@
-"""The lockstep of micro-batches (engine/lockstep.py) on plain callables in real threads: work at a meeting point runs
-once, after every micro-batch contributed; errors end every thread and reach the caller; strayed paths are refused."""
+"""The lockstep of micro-batches (engine/lockstep.py) on plain callables: work at a meeting point runs once, after
+every micro-batch contributed; errors end every micro-batch and reach the caller; strayed paths are refused."""
 
 import threading
 
 import pytest
 
-from hf_calibprune.engine.lockstep import Lockstep, PerThread, sync
+from hf_calibprune.engine.lockstep import Lockstep, PerBatch, sync
 from hf_calibprune.errors import ModelStructureError
 
 
@@ -50,17 +50,25 @@ def test_outside_a_lockstep_sync_runs_its_work_at_once():
     assert done == [1]
 
 
-def test_an_error_in_one_micro_batch_ends_every_thread_and_reaches_the_caller():
+def test_an_error_in_one_micro_batch_ends_every_micro_batch_and_reaches_the_caller():
+    unwound, passed = [], []
+
     def body(batch):
         def run():
-            sync("first", lambda: None)
-            if batch == 2:
-                raise ValueError("micro-batch 2 failed")
-            sync("second", lambda: None)
+            try:
+                sync("first", lambda: None)
+                if batch == 2:
+                    raise ValueError("micro-batch 2 failed")
+                sync("second", lambda: None)
+                passed.append(batch)
+            finally:
+                unwound.append(batch)
         return run
 
     error = run_with_deadline([body(i) for i in range(4)])
     assert isinstance(error, ValueError) and "micro-batch 2" in str(error)
+    # The others, parked before or after the failing one, were unwound (their finally clauses ran), none went on.
+    assert sorted(unwound) == [0, 1, 2, 3] and passed == []
 
 
 def test_an_error_in_the_shared_work_reaches_the_caller():
@@ -85,10 +93,10 @@ def test_micro_batches_that_take_different_paths_are_refused(stray):
     assert "different paths" in str(error) and "batch_size" in str(error)
 
 
-def test_per_thread_attributes_are_separate_per_thread():
+def test_per_batch_attributes_are_separate_per_micro_batch():
     class Hooks:
-        mask = PerThread()
-        calls = PerThread(list)
+        mask = PerBatch()
+        calls = PerBatch(list)
 
     hooks = Hooks()
     hooks.mask = "main"

@@ -28,7 +28,7 @@ from ..models import ExpertMatrix, FusedExperts
 from ..sparsity import InputStatistics
 from .distributed import all_reduce_sums
 from .hooks import HookSet
-from .lockstep import PerThread, sync
+from .lockstep import PerBatch, sync
 from .offload import locate_weight, read_parameter, write_parameter
 
 __all__ = ["ExpertCollector", "ExpertListCalls", "ExpertStore", "MoeCalibration", "eager_experts", "routing_arguments"]
@@ -86,9 +86,9 @@ class ExpertCollector(HookSet):
             dropped) and ``prune(fused, parameter)`` runs, so the real call computes with pruned experts.
     """
 
-    # Per batch (micro-batches of the one-pass schedule run in threads of their own).
-    _call = PerThread()
-    _mode = PerThread()
+    # Per batch (micro-batches of the one-pass schedule interleave, docs/engine.md).
+    _call = PerBatch()
+    _mode = PerBatch()
 
     def __init__(
         self,

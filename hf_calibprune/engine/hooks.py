@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..sparsity import InputStatistics, quadratic_trace
-from .lockstep import PerThread
+from .lockstep import PerBatch
 from .offload import read_parameter
 
 __all__ = ["AllInputsGathered", "HookSet", "StatisticsCollector", "ErrorMeter", "ERROR_TOKEN_BUDGET", "hessian_error"]
@@ -31,8 +31,8 @@ class HookSet:
     """Hooks registered on a block's modules for one pass, removed together; the engine sets ``token_mask`` to each
     batch's padding mask before the batch runs."""
 
-    #: ``[batch, seq_len]`` bool of the batch running in this thread, ``False`` on padding.
-    token_mask = PerThread()
+    #: ``[batch, seq_len]`` bool of the running (micro-)batch, ``False`` on padding.
+    token_mask = PerBatch()
 
     def __init__(self) -> None:
         self._handles: list = []
@@ -60,10 +60,10 @@ class StatisticsCollector(HookSet):
     the same structure, lets the first batch stop early as well; it is only used when it names every Linear.
     """
 
-    # Per batch (micro-batches of the one-pass schedule run in threads of their own).
-    _calls = PerThread(list)
-    _last_input = PerThread()
-    _last_stats = PerThread()
+    # Per batch (micro-batches of the one-pass schedule interleave, docs/engine.md).
+    _calls = PerBatch(list)
+    _last_input = PerBatch()
+    _last_stats = PerBatch()
 
     def __init__(
         self,
