@@ -113,3 +113,31 @@ def test_per_batch_attributes_are_separate_per_micro_batch():
     assert run_with_deadline([body(i) for i in range(3)]) is None
     assert seen == {i: (i, [i]) for i in range(3)}
     assert hooks.mask == "main" and hooks.calls == []
+
+
+def test_micro_batches_start_in_the_callers_context_and_keep_their_own_changes():
+    # Hooks read context variables and torch's grad mode as a plain call would see them; a micro-batch that sets a
+    # context variable does not change it for the others or for the caller.
+    import contextvars
+
+    import torch
+
+    phase = contextvars.ContextVar("phase", default="unset")
+    seen = {}
+
+    def body(batch):
+        def run():
+            before = phase.get()
+            phase.set(f"batch {batch}")
+            sync("meet", lambda: None)
+            seen[batch] = (before, phase.get(), torch.is_grad_enabled())
+        return run
+
+    token = phase.set("caller")
+    try:
+        with torch.no_grad():
+            Lockstep().run([body(i) for i in range(3)])
+        assert seen == {i: ("caller", f"batch {i}", False) for i in range(3)}
+        assert phase.get() == "caller"
+    finally:
+        phase.reset(token)

@@ -149,6 +149,7 @@ def test_one_accumulation_of_many_tokens_counts_every_token(hessian):
     x64 = x.double()
     assert stats.num_tokens == 2500
     torch.testing.assert_close(stats.norms.double(), x64.norm(dim=0), rtol=1e-5, atol=0)
+    torch.testing.assert_close(stats.sum.double(), x64.sum(dim=0), rtol=1e-4, atol=1e-3)
     if hessian:
         torch.testing.assert_close(stats.gram.double(), x64.t() @ x64, rtol=1e-4, atol=1e-2)
 
