@@ -57,8 +57,15 @@ class PerBatch:
         self._values(obj)[getcurrent()] = value
 
     def _values(self, obj: Any) -> weakref.WeakKeyDictionary:
-        # Keyed weakly by greenlet: a finished micro-batch's values go with it.
-        return obj.__dict__.setdefault("_per_batch", {}).setdefault(self.name, weakref.WeakKeyDictionary())
+        # Keyed weakly by greenlet: a finished micro-batch's values go with it. Looked up before creating: hooks
+        # read these on every Linear call of every micro-batch.
+        per_batch = obj.__dict__.get("_per_batch")
+        if per_batch is None:
+            per_batch = obj.__dict__.setdefault("_per_batch", {})
+        values = per_batch.get(self.name)
+        if values is None:
+            values = per_batch.setdefault(self.name, weakref.WeakKeyDictionary())
+        return values
 
 
 def sync(key: Hashable, work: Callable[[], None]) -> None:
@@ -77,7 +84,6 @@ class Lockstep:
         self._batches: list[greenlet] = []
         self._queue: deque[int] = deque()
         self._parked: dict[int, Hashable] = {}
-        self._finished = 0
         self._running = 0
         self._caller: greenlet | None = None
 
@@ -97,10 +103,8 @@ class Lockstep:
             while self._queue:
                 self._running = self._queue.popleft()
                 self._batches[self._running].switch()
-                if self._batches[self._running].dead:
-                    self._finished += 1
-                    if self._parked:
-                        raise self._strayed()
+                if self._batches[self._running].dead and self._parked:
+                    raise self._strayed()
         except BaseException:
             for batch in self._batches:  # unwind the parked ones, running their finally clauses
                 if batch and not batch.dead:
@@ -114,17 +118,20 @@ class Lockstep:
         waiting = [i for i, batch in enumerate(self._batches) if not batch.dead]
         if len(self._parked) == len(waiting):
             # Every micro-batch still running waits here: the last to arrive does the work for all.
-            if len(set(self._parked.values())) > 1 or self._finished:
+            if len(set(self._parked.values())) > 1 or self._finished():
                 raise self._strayed()
             self._parked.clear()
             work()
             self._queue.extend(waiting)
         self._caller.switch()
 
+    def _finished(self) -> int:
+        return sum(batch.dead for batch in self._batches)
+
     def _strayed(self) -> ModelStructureError:
         keys = sorted({str(k) for k in self._parked.values()})
         return ModelStructureError(
             f"the micro-batches of one block took different paths through its forward (some stopped at {keys}, "
-            f"{self._finished} ended); use batch_size equal to num_samples with schedule='one-pass', or "
+            f"{self._finished()} ended); use batch_size equal to num_samples with schedule='one-pass', or "
             "schedule='sequential'."
         )
